@@ -1,0 +1,55 @@
+# The README's two commands: `make demo` and `make test`. Each sets up a fresh machine
+# by itself: a .venv with the pinned packages and the demo data (Fashion-MNIST from
+# Debian's dataset-fashion-mnist, or FMNIST_DIR pointing at the four IDX files).
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+EXTRAS ?= dev
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+DEMO_SHARDS := shards/fashion_mnist_lt
+# Where DeepSpeed caches its JIT-compiled ops between runs.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+
+.PHONY: help setup demo-data demo test bench clean
+
+help:
+	@echo "make demo   set up, pack Fashion-MNIST-LT and print its statistics"
+	@echo "make test   set up and run the test suite"
+	@echo "make bench  run the benchmarks under bench/ (tables + bench/results/*.json)"
+
+setup: $(VENV)/.installed-$(EXTRAS)
+
+# Re-installs when setup.cfg changes; torch/torchvision come from the machine's disk.
+$(VENV)/.installed-$(EXTRAS): setup.cfg setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+demo-data:
+	@if ls $(FMNIST_DIR)/train-images-idx3-ubyte* >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's dataset-fashion-mnist"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else \
+		echo "Fashion-MNIST not found in $(FMNIST_DIR): run 'sudo apt-get install dataset-fashion-mnist'"; \
+		echo "or set FMNIST_DIR to a folder with the four IDX files"; exit 1; \
+	fi
+
+demo: setup demo-data
+	$(BIN)/lt_dist pack --idx $(FMNIST_DIR) --out $(DEMO_SHARDS) \
+		--profile exp --imbalance 100 --max-per-class 1000 --val-per-class 20 --seed 0 \
+		--class-names @shards/fashion-mnist.classes --workers 2
+	$(BIN)/lt_dist verify $(DEMO_SHARDS)
+	$(BIN)/lt_dist stats $(DEMO_SHARDS) --plot $(DEMO_SHARDS)/class_counts.png
+
+test: setup demo-data
+	FMNIST_DIR=$(FMNIST_DIR) $(BIN)/python -m pytest -q
+
+bench: EXTRAS = all
+bench: setup demo-data
+	FMNIST_DIR=$(FMNIST_DIR) $(BIN)/python bench/pack.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,1 @@
+"""`lt_dist` subcommands: each module adds its parsers and calls the library."""

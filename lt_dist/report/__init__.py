@@ -1,0 +1,1 @@
+"""Tables and matplotlib figures (matplotlib is imported inside the functions)."""

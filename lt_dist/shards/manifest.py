@@ -1,0 +1,124 @@
+"""The index of a packed split: manifest.parquet, shards.parquet, dataset.json.
+
+    <split>/manifest.parquet  one row per sample (key, id, label, shard, offset, size,
+                              ext, width, height), sorted by label, shard, offset
+    <split>/shards.parquet    one row per shard (path, label, count, bytes, sha256)
+    <split>/dataset.json      format version, class names, per-class counts, split
+                              sizes, command, source, subset, skipped items
+    <split>/ids.txt           the packed ids as a split list ("id label"): rebuilds
+                              the exact subset with `lt_dist pack --list`/`--ids`
+manifest.parquet is written last: a split folder without it is not finished.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lt_dist.errors import UserInputError
+from lt_dist.shards.format import SampleRecord, ShardRecord
+
+MANIFEST = "manifest.parquet"
+SHARD_TABLE = "shards.parquet"
+DATASET_JSON = "dataset.json"
+IDS_LIST = "ids.txt"
+
+SAMPLE_SCHEMA = pa.schema([
+    ("key", pa.string()), ("id", pa.string()), ("label", pa.int32()), ("shard", pa.string()),
+    ("offset", pa.int64()), ("size", pa.int64()), ("ext", pa.string()),
+    ("width", pa.int32()), ("height", pa.int32()),
+])
+SHARD_SCHEMA = pa.schema([
+    ("path", pa.string()), ("label", pa.int32()), ("count", pa.int64()),
+    ("bytes", pa.int64()), ("sha256", pa.string()),
+])
+
+
+@dataclass
+class Manifest:
+    """A packed split as the readers see it."""
+
+    split_dir: str
+    samples: pa.Table  # SAMPLE_SCHEMA
+    shards: pa.Table  # SHARD_SCHEMA
+    info: dict  # dataset.json
+
+    @property
+    def samples_per_class(self) -> np.ndarray:
+        """(C,) int64 packed samples per class."""
+        return np.asarray(self.info["samples_per_class"], dtype=np.int64)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.info["class_names"])
+
+
+def _write_atomic(path: str, write) -> None:
+    temp = f"{path}.tmp-{os.getpid()}"
+    write(temp)
+    os.replace(temp, path)
+
+
+def write_split_index(split_dir: str, samples: list[SampleRecord], shards: list[ShardRecord],
+                      info: dict) -> None:
+    """Write ids.txt, shards.parquet, dataset.json and, last, manifest.parquet."""
+    samples = sorted(samples, key=lambda s: (s.label, s.shard, s.offset))
+    shards = sorted(shards, key=lambda s: (s.label, s.path))
+    sample_table = pa.Table.from_pylist([asdict(s) for s in samples], schema=SAMPLE_SCHEMA)
+    shard_table = pa.Table.from_pylist([asdict(s) for s in shards], schema=SHARD_SCHEMA)
+
+    def write_ids(path: str) -> None:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.writelines(f"{s.id} {s.label}\n" for s in samples)
+
+    def write_json(path: str) -> None:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(info, handle, indent=1)
+            handle.write("\n")
+
+    _write_atomic(os.path.join(split_dir, IDS_LIST), write_ids)
+    _write_atomic(os.path.join(split_dir, SHARD_TABLE), lambda p: pq.write_table(shard_table, p))
+    _write_atomic(os.path.join(split_dir, DATASET_JSON), write_json)
+    _write_atomic(os.path.join(split_dir, MANIFEST), lambda p: pq.write_table(sample_table, p))
+
+
+def is_split_dir(path: str) -> bool:
+    """True when path holds a finished packed split."""
+    return os.path.isfile(os.path.join(path, MANIFEST))
+
+
+def find_splits(path: str) -> list[str]:
+    """Finished split folders at path: path itself, or its sub-folders (train, val, test...)."""
+    if is_split_dir(path):
+        return [path]
+    if not os.path.isdir(path):
+        raise UserInputError(f"{path!r} is not a packed dataset (no such folder)")
+    found = sorted(os.path.join(path, name) for name in os.listdir(path)
+                   if is_split_dir(os.path.join(path, name)))
+    if not found:
+        raise UserInputError(f"{path!r} holds no packed split (no */{MANIFEST}); "
+                             f"was the pack interrupted? run it again to finish")
+    return found
+
+
+def resolve_split(path: str, split: str | None = None) -> str:
+    """The split folder for `path` (a dataset or split folder) and an optional split name."""
+    if split is not None and not is_split_dir(path):
+        path = os.path.join(path, split)
+    if not is_split_dir(path):
+        raise UserInputError(f"{path!r} is not a packed split: {MANIFEST} is missing")
+    return path
+
+
+def load_manifest(split_dir: str) -> Manifest:
+    """Read a finished split's index (the sample table is memory-mapped)."""
+    split_dir = resolve_split(split_dir)
+    samples = pq.read_table(os.path.join(split_dir, MANIFEST), memory_map=True)
+    shards = pq.read_table(os.path.join(split_dir, SHARD_TABLE))
+    with open(os.path.join(split_dir, DATASET_JSON), encoding="utf-8") as handle:
+        info = json.load(handle)
+    return Manifest(split_dir, samples, shards, info)
