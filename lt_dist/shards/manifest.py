@@ -97,8 +97,10 @@ def find_splits(path: str) -> list[str]:
         return [path]
     if not os.path.isdir(path):
         raise UserInputError(f"{path!r} is not a packed dataset (no such folder)")
-    found = sorted(os.path.join(path, name) for name in os.listdir(path)
-                   if is_split_dir(os.path.join(path, name)))
+    order = {"train": 0, "val": 1, "test": 2}  # the usual order, others after by name
+    names = sorted((name for name in os.listdir(path) if is_split_dir(os.path.join(path, name))),
+                   key=lambda name: (order.get(name, 3), name))
+    found = [os.path.join(path, name) for name in names]
     if not found:
         raise UserInputError(f"{path!r} holds no packed split (no */{MANIFEST}); "
                              f"was the pack interrupted? run it again to finish")

@@ -1,0 +1,39 @@
+import json
+
+from conftest import SPLITS, run_cli
+from lt_dist.shards.stats import count_stats, load_counts
+
+
+def test_imagenet_lt_counts_match_the_paper():
+    counts = load_counts(counts_file=str(SPLITS / "ImageNet_LT_train_class_counts.json"))
+    stats = count_stats(next(iter(counts.values())))
+    assert (stats["classes"], stats["images"], stats["max"], stats["min"]) == (1000, 115846, 1280, 5)
+    assert (stats["many_classes"], stats["medium_classes"], stats["few_classes"]) == (385, 479, 136)
+    assert stats["imbalance"] == 256.0
+    assert stats["many_images"] + stats["medium_images"] + stats["few_images"] == 115846
+
+
+def test_places_lt_split_list_groups():
+    counts = load_counts(str(SPLITS / "Places_LT_train.txt"))
+    stats = count_stats(counts["Places_LT_train.txt"])
+    assert (stats["classes"], stats["max"], stats["min"]) == (365, 4980, 5)
+    assert (stats["many_classes"], stats["medium_classes"], stats["few_classes"]) == (131, 163, 71)
+
+
+def test_stats_cli_prints_numbers_and_plots(tmp_path, capsys):
+    plot = tmp_path / "counts.png"
+    status, out, _ = run_cli(["stats", "--counts", SPLITS / "ImageNet_LT_train_class_counts.json",
+                              "--plot", plot], capsys)
+    assert status == 0
+    assert "115,846 images" in out and "max 1,280 / min 5" in out
+    assert "385 classes" in out and "479 classes" in out and "136 classes" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    status, out, _ = run_cli(["stats", SPLITS / "Places_LT_train.txt", "--json"], capsys)
+    assert json.loads(out)["Places_LT_train.txt"]["few_classes"] == 71
+
+
+def test_stats_cli_names_a_bad_counts_file(tmp_path, capsys):
+    bad = tmp_path / "counts.json"
+    bad.write_text("{not json")
+    status, _, err = run_cli(["stats", "--counts", bad], capsys)
+    assert status == 2 and "counts.json" in err
