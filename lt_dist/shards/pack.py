@@ -61,10 +61,13 @@ def pack(source: Source, subset: SubsetOptions, options: PackOptions, command: l
     sizes = {name: len(plan.items) for name, plan in plans.items()}
     context = {"command": command, "source": {"kind": source.kind, "location": source.location},
                "subset": asdict(subset), "split_sizes": sizes}
-    return {name: pack_split(plan, source.class_names, options, context) for name, plan in plans.items()}
+    with _Runner(options.workers) as runner:
+        return {name: pack_split(plan, source.class_names, options, context, runner)
+                for name, plan in plans.items()}
 
 
-def pack_split(plan: SplitPlan, class_names: list[str], options: PackOptions, context: dict) -> dict:
+def pack_split(plan: SplitPlan, class_names: list[str], options: PackOptions, context: dict,
+               runner: "_Runner") -> dict:
     """Pack one split into options.out/plan.name; returns its summary."""
     split_dir = os.path.join(options.out, plan.name)
     stamp = fingerprint(plan, class_names, options.limits.shard_size, options.limits.shard_count)
@@ -75,7 +78,7 @@ def pack_split(plan: SplitPlan, class_names: list[str], options: PackOptions, co
     started = time.perf_counter()
     tasks = [ClassTask(label, items, split_dir, options.limits, options.check, options.skip_bad)
              for label, items in enumerate(group_by_label(plan.items, len(class_names)))]
-    results = _run_tasks(tasks, options.workers, options.progress, f"pack {plan.name}")
+    results = _run_tasks(tasks, runner, options.progress, f"pack {plan.name}")
     info = _dataset_info(plan, class_names, results, options, context)
     samples = [sample for result in results for sample in result.samples]
     shards = [shard for result in results for shard in result.shards]
@@ -122,34 +125,51 @@ def _prepare_output(split_dir: str, stamp: str, overwrite: bool) -> bool:
     return False
 
 
-def _run_tasks(tasks: list[ClassTask], workers: int, progress: bool, desc: str) -> list[ClassResult]:
-    """Pack classes in-process (workers=1) or in a spawn pool, with one progress bar."""
+def _run_tasks(tasks: list[ClassTask], runner: "_Runner", progress: bool, desc: str) -> list[ClassResult]:
+    """Pack classes with the runner, under one progress bar."""
     total = sum(len(task.items) for task in tasks)
     bar = tqdm(total=total, desc=desc, unit="img", disable=not progress, file=sys.stderr,
                mininterval=1.0 if sys.stderr.isatty() else 30.0)
     # Largest classes first: the pool's tail is then made of small classes.
     order = sorted(tasks, key=lambda task: -len(task.items))
     try:
-        if workers == 1:
-            results = [pack_class(task, bar.update) for task in order]
-        else:
-            results = _run_pool(order, workers, bar)
+        results = runner.map(order, bar)
     finally:
         bar.close()
     return sorted(results, key=lambda result: result.label)
 
 
-def _run_pool(tasks: list[ClassTask], workers: int, bar: tqdm) -> list[ClassResult]:
-    context = mp.get_context("spawn")  # no fork of a process that may hold threads
-    queue = context.Queue()
-    reader = threading.Thread(target=_drain_progress, args=(queue, bar), daemon=True)
-    reader.start()
-    try:
-        with context.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(queue,)) as pool:
-            return list(pool.imap_unordered(_pack_in_worker, tasks))
-    finally:
-        queue.put(None)
-        reader.join(timeout=5)
+class _Runner:
+    """Runs ClassTasks in this process (workers=1) or in one spawn pool kept for all splits."""
+
+    def __init__(self, workers: int):
+        self.workers, self.pool, self.bar = workers, None, None
+
+    def __enter__(self) -> "_Runner":
+        if self.workers > 1:
+            context = mp.get_context("spawn")  # no fork of a process that may hold threads
+            self.queue = context.Queue()
+            self.pool = context.Pool(self.workers, initializer=_init_worker, initargs=(self.queue,))
+            self.reader = threading.Thread(target=self._drain_progress, daemon=True)
+            self.reader.start()
+        return self
+
+    def map(self, tasks: list[ClassTask], bar: tqdm) -> list[ClassResult]:
+        self.bar = bar
+        if self.pool is None:
+            return [pack_class(task, bar.update) for task in tasks]
+        return list(self.pool.imap_unordered(_pack_in_worker, tasks))
+
+    def _drain_progress(self) -> None:
+        while (count := self.queue.get()) is not None:
+            self.bar.update(count)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.pool is not None:
+            self.pool.terminate() if exc_type else self.pool.close()
+            self.pool.join()
+            self.queue.put(None)
+            self.reader.join(timeout=5)
 
 
 _PROGRESS_QUEUE = None
@@ -172,11 +192,6 @@ def _pack_in_worker(task: ClassTask) -> ClassResult:
     result = pack_class(task, report)
     _PROGRESS_QUEUE.put(pending[0])
     return result
-
-
-def _drain_progress(queue, bar: tqdm) -> None:
-    while (count := queue.get()) is not None:
-        bar.update(count)
 
 
 def _dataset_info(plan: SplitPlan, class_names: list[str], results: list[ClassResult],
