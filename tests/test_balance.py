@@ -1,0 +1,85 @@
+import json
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+
+from conftest import SPLITS
+from lt_dist.data.balance import BALANCERS, class_probs, power_probs
+from lt_dist.data.sampler import SamplerConfig, draw_classes
+
+IMAGENET_LT = np.array(json.loads((SPLITS / "ImageNet_LT_train_class_counts.json").read_text()))
+
+
+@pytest.mark.parametrize("strategy, q", [("instance", 1.0), ("class", 0.0), ("sqrt", 0.5), (0.25, 0.25)])
+def test_named_strategies_are_powers_of_the_counts(strategy, q):
+    counts = np.array([1000, 100, 10, 1])
+    expected = counts ** q / (counts ** q).sum()
+    assert np.allclose(class_probs(counts, strategy), expected)
+
+
+def test_progressive_moves_from_instance_to_class():
+    counts = IMAGENET_LT
+    first = class_probs(counts, "progressive", epoch=0, num_epochs=90)
+    last = class_probs(counts, "progressive", epoch=89, num_epochs=90)
+    middle = class_probs(counts, "progressive", epoch=30, num_epochs=91)
+    assert np.allclose(first, class_probs(counts, "instance"))
+    assert np.allclose(last, class_probs(counts, "class"))
+    assert np.allclose(middle, (2 / 3) * power_probs(counts, 1) + (1 / 3) * power_probs(counts, 0))
+    assert np.allclose(class_probs(counts, "progressive", 0, 1), class_probs(counts, "instance"))
+
+
+def test_empty_class_gets_zero_even_when_class_balanced():
+    assert class_probs(np.array([3, 0, 1]), "class").tolist() == [0.5, 0.0, 0.5]
+
+
+def test_name_table_is_the_one_entry_point():
+    assert set(BALANCERS) == {"instance", "class", "sqrt", "progressive"}
+
+
+@pytest.mark.parametrize("strategy, message", [("balanced", "unknown sampler 'balanced'"),
+                                               (1.5, "q must be in \\[0, 1\\], got 1.5"),
+                                               (-0.1, "got -0.1")])
+def test_bad_strategy_raises_naming_it(strategy, message):
+    with pytest.raises(ValueError, match=message):
+        class_probs(np.array([3, 1]), strategy)
+
+
+def test_epoch_outside_the_schedule_raises():
+    with pytest.raises(ValueError, match="epoch 5 is outside"):
+        class_probs(np.array([3, 1]), "progressive", epoch=5, num_epochs=5)
+
+
+def _draw(strategy, draw, draws=200_000, seed=11):
+    config = SamplerConfig(strategy=strategy, seed=seed, draw=draw)
+    labels = draw_classes(IMAGENET_LT, config, epoch=0, num_draws=draws)
+    observed = np.bincount(labels, minlength=len(IMAGENET_LT))
+    target = class_probs(IMAGENET_LT, strategy)
+    return observed, target, 0.5 * np.abs(observed / draws - target).sum()
+
+
+@pytest.mark.parametrize("strategy", [1.0 - 1e-12, "sqrt", "class"])  # 1 - 1e-12: q = 1 by draws
+def test_200k_stratified_draws_match_p_on_imagenet_lt(strategy):
+    observed, target, total_variation = _draw(strategy, "stratified")
+    assert total_variation < 0.01
+    assert np.abs(observed - target * 200_000).max() <= 1  # quotas are exact up to rounding
+    _, p_value = scipy_stats.chisquare(observed, target * 200_000)
+    assert p_value > 0.01
+
+
+@pytest.mark.parametrize("strategy", ["instance", "sqrt", "class"])
+def test_200k_iid_draws_pass_chi_square_on_imagenet_lt(strategy):
+    observed, target, total_variation = _draw(strategy, "iid")
+    _, p_value = scipy_stats.chisquare(observed, target * 200_000)
+    assert p_value > 0.01, (strategy, p_value)
+    # i.i.d. cannot get per-class TV under 0.01 here: E[TV] ~ 0.02-0.03 over 1000 classes
+    assert total_variation < 0.05
+    many = IMAGENET_LT > 100
+    assert abs(observed[many].sum() / 200_000 - target[many].sum()) < 0.01
+
+
+def test_iid_draws_are_really_random():
+    """A sampler that always returned the quotas would fail this: i.i.d. must vary by seed."""
+    first, _, tv_first = _draw("class", "iid", seed=1)
+    second, _, _ = _draw("class", "iid", seed=2)
+    assert not np.array_equal(first, second) and tv_first > 0.01

@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+
+from lt_dist.data.sampler import BalancedSampler, SamplerConfig, class_quotas, occurrence_index, rank_block
+from lt_dist.dist import World
+
+COUNTS = np.array([50, 20, 7, 3, 1])  # 81 samples
+
+
+def rows_of(sampler, epoch, workers):
+    """The rank's rows as its loader workers produce them, batch b from worker b mod W."""
+    per_worker = [sampler.worker_batches(epoch, w, workers) for w in range(workers)]
+    merged = []
+    for b in range(sampler.num_batches):
+        merged.append(per_worker[b % workers][b // workers])
+    return np.concatenate(merged)
+
+
+def test_instance_epoch_yields_every_sample_once_over_2_ranks_x_2_workers():
+    config = SamplerConfig("instance", seed=3, remainder="pad")
+    samplers = [BalancedSampler(COUNTS, config, World(rank, 2), batch_size=4) for rank in range(2)]
+    seen = np.concatenate([rows_of(s, epoch=0, workers=2) for s in samplers])
+    assert samplers[0].per_rank == samplers[1].per_rank == 41
+    assert samplers[0].padded_or_dropped() == 1
+    assert len(seen) == 82
+    assert np.array_equal(np.sort(seen[:81]), np.arange(81))  # all 81 once ...
+    assert seen[81] == seen[0]  # ... and the pad repeats the epoch's first sample
+
+
+def test_instance_drop_leaves_out_the_remainder_only():
+    samplers = [BalancedSampler(COUNTS, SamplerConfig("instance", 5, remainder="drop"), World(r, 2), 8)
+                for r in range(2)]
+    seen = np.concatenate([s.rank_rows(0) for s in samplers])
+    assert len(seen) == 80 and len(np.unique(seen)) == 80 and samplers[0].padded_or_dropped() == -1
+
+
+def test_rows_stay_inside_their_class_and_classes_restart_in_a_new_order():
+    sampler = BalancedSampler(COUNTS, SamplerConfig("class", seed=1), World(), batch_size=10)
+    rows = sampler.rank_rows(0)
+    starts = np.concatenate([[0], np.cumsum(COUNTS)])
+    labels = np.searchsorted(starts, rows, side="right") - 1
+    tail = rows[labels == 4]  # one image, drawn about 16 times
+    assert len(tail) >= 15 and set(tail) == {80}
+    class3 = rows[labels == 3]  # 3 images: every pass of 3 is a permutation of them
+    for i in range(0, len(class3) - len(class3) % 3, 3):
+        assert sorted(class3[i: i + 3]) == [77, 78, 79]
+    passes = [tuple(class3[i: i + 3]) for i in range(0, len(class3) - 2, 3)]
+    assert len(set(passes)) > 1  # not the same order every pass
+
+
+def test_ranks_take_disjoint_parts_of_each_class_order():
+    config = SamplerConfig("sqrt", seed=2)
+    per_rank = [BalancedSampler(COUNTS, config, World(r, 2), 4).rank_rows(0) for r in range(2)]
+    class0 = [set(rows[rows < 50]) for rows in per_rank]
+    assert not class0[0] & class0[1]  # fewer class-0 draws than images: no overlap at all
+
+
+def test_same_seed_same_sequence_other_seed_other_sequence():
+    make = lambda seed: BalancedSampler(COUNTS, SamplerConfig("class", seed=seed), World(), 4).rank_rows(2)
+    assert np.array_equal(make(7), make(7))
+    assert not np.array_equal(make(7), make(8))
+
+
+def test_worker_count_does_not_change_the_rank_order():
+    sampler = BalancedSampler(COUNTS, SamplerConfig("progressive", seed=4, num_epochs=3), World(1, 3), 5)
+    assert np.array_equal(rows_of(sampler, 1, 1), rows_of(sampler, 1, 3))
+
+
+def test_resume_mid_epoch_yields_what_an_uninterrupted_run_would():
+    sampler = BalancedSampler(COUNTS, SamplerConfig("sqrt", seed=9), World(0, 2), batch_size=3)
+    full = sampler.worker_batches(epoch=1)
+    resumed = BalancedSampler(COUNTS, SamplerConfig("sqrt", seed=9), World(0, 2), 3).worker_batches(1, start_batch=5)
+    assert all(np.array_equal(a, b) for a, b in zip(full[5:], resumed, strict=True))
+
+
+def test_progressive_epoch_shares():
+    config = SamplerConfig("progressive", seed=0, num_epochs=2)
+    sampler = BalancedSampler(COUNTS * 100, config, World(), 64)
+    starts = np.concatenate([[0], np.cumsum(COUNTS * 100)])
+    for epoch, expected in ((0, COUNTS / COUNTS.sum()), (1, np.full(5, 0.2))):
+        labels = np.searchsorted(starts, sampler.rank_rows(epoch), side="right") - 1
+        assert np.allclose(np.bincount(labels, minlength=5) / len(labels), expected, atol=1e-3)
+
+
+def test_helpers():
+    assert class_quotas(np.array([0.5, 0.3, 0.2]), 7).tolist() == [4, 2, 1]
+    labels = np.array([0, 1, 0, 0, 1, 2])
+    assert occurrence_index(labels, 2, 6, 3).tolist() == [1, 2, 1, 0]
+    assert rank_block(10, 3, "pad") == 4 and rank_block(10, 3, "drop") == 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"config": SamplerConfig("uniform")}, "unknown sampler 'uniform'"),
+    ({"config": SamplerConfig(2.0)}, "q must be in"),
+    ({"counts": np.zeros(3, dtype=int)}, "holds no samples"),
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+    ({"config": SamplerConfig(remainder="wrap")}, "remainder must be one of"),
+    ({"config": SamplerConfig(draw="sobol")}, "draw must be one of"),
+])
+def test_bad_input_raises_a_clear_message(kwargs, message):
+    args = {"counts": COUNTS, "config": SamplerConfig(), "world": World(), "batch_size": 4, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        BalancedSampler(args["counts"], args["config"], args["world"], args["batch_size"])
