@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from lt_dist import __version__
+from lt_dist.commands import data as data_commands
 from lt_dist.commands import shards as shard_commands
 from lt_dist.errors import UserInputError
 
@@ -15,6 +16,7 @@ EPILOG = """examples:
       --profile exp --imbalance 100 --max-per-class 1000 --val-per-class 20
   lt_dist stats shards/fmnist_lt --plot counts.png
   lt_dist verify shards/fmnist_lt --decode
+  lt_dist sample-stats shards/fmnist_lt --sampler class --draws 200000
 """
 
 
@@ -28,6 +30,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     shard_commands.add_parsers(subparsers)
+    data_commands.add_parsers(subparsers)
     return parser
 
 
