@@ -1,0 +1,154 @@
+"""The balanced streaming loader: sampler -> shard reads -> decode -> batches.
+
+    BalancedSampler (rows of this rank's epoch, batches dealt round-robin to workers)
+      -> RowStream (a torch IterableDataset run by each DataLoader worker)
+         # -> dict(rows=int64 (N,), data=list[bytes] | images=float32 (N,3,H,W), labels=int64 (N,))
+      -> DataLoader (workers' batches come back round-robin: the rank's order)
+      -> decoder: "dali" (main process; DALI threads decode, "mixed" on a GPU)
+                  "torchvision" (inside the workers)
+                  "bytes" (encoded bytes, no decoding) | "none" (manifest rows, no reads)
+      -> (images, labels)
+Sample order is exact on resume for every decoder. Augmentation is exact too with
+"torchvision" (seeded per batch by (seed, epoch, rank, batch)); DALI's generator
+is seeded per epoch and per resume point, so its crops after a resume differ.
+BalancedLoader counts the batches it hands out; state_dict() / load_state_dict()
+make a mid-epoch resume yield exactly what an uninterrupted run would have next.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from lt_dist.data.presets import Preset
+from lt_dist.data.reader import ShardReader
+from lt_dist.data.sampler import BalancedSampler, SamplerConfig
+from lt_dist.dist import World
+
+DECODERS = ("dali", "torchvision", "bytes", "none")
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """Everything a loader needs besides the world."""
+
+    split_dir: str  # shards/NAME/SPLIT
+    batch_size: int  # samples per batch on this rank
+    preset: Preset | None = None  # augmentation recipe; None with decoder "none"
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    decoder: str = "dali"  # "dali" | "torchvision" | "bytes" | "none"
+    num_workers: int = 2  # DataLoader worker processes feeding (or, torchvision, decoding)
+    dali_threads: int = 2  # DALI decode threads
+    max_open_files: int = 64  # per worker process
+
+
+def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
+    """Augmentation seed of one batch: fixed by (seed, epoch, rank, batch index)."""
+    return int(np.random.SeedSequence([seed, epoch, rank, batch]).generate_state(1)[0])
+
+
+class RowStream(torch.utils.data.IterableDataset):
+    """One rank's batches for one epoch, split over DataLoader workers."""
+
+    def __init__(self, config: LoaderConfig, sampler: BalancedSampler, epoch: int, start_batch: int):
+        super().__init__()
+        self.config, self.sampler, self.epoch, self.start_batch = config, sampler, epoch, start_batch
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        reader = ShardReader(self.config.split_dir, self.config.max_open_files)
+        rows_per_batch = self.sampler.worker_batches(self.epoch, worker, num_workers, self.start_batch)
+        first = self.start_batch + worker  # this worker's first batch (see worker_batches)
+        try:
+            for step, rows in enumerate(rows_per_batch):
+                yield self._batch(reader, rows, first + step * num_workers)
+        finally:
+            reader.close()
+
+    def _batch(self, reader: ShardReader, rows: np.ndarray, batch_index: int) -> dict:
+        batch = {"rows": torch.from_numpy(rows), "labels": torch.from_numpy(reader.labels[rows])}
+        if self.config.decoder == "none":
+            return batch
+        data = [reader.read(row) for row in rows]
+        if self.config.decoder != "torchvision":
+            batch["data"] = data
+            return batch
+        from lt_dist.data.tvdecode import decode_sample
+
+        generator = torch.Generator().manual_seed(
+            batch_seed(self.config.sampler.seed, self.epoch, self.sampler.world.rank, batch_index))
+        batch["images"] = torch.stack([decode_sample(item, self.config.preset, generator) for item in data])
+        return batch
+
+
+class BalancedLoader:
+    """Iterate (images, labels) batches of the current epoch; resumable mid-epoch."""
+
+    def __init__(self, config: LoaderConfig, world: World, samples_per_class: np.ndarray | None = None):
+        if config.decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {config.decoder!r}; choose one of {', '.join(DECODERS)}")
+        if config.decoder in ("dali", "torchvision") and config.preset is None:
+            raise ValueError(f"decoder {config.decoder!r} needs an augmentation preset")
+        if config.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {config.num_workers}")
+        if samples_per_class is None:
+            samples_per_class = ShardReader(config.split_dir, 1).samples_per_class
+        self.config, self.world = config, world
+        self.sampler = BalancedSampler(samples_per_class, config.sampler, world, config.batch_size)
+        self.epoch, self.batches_done = 0, 0
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        return self.sampler.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start `epoch` from its first batch at the next iteration."""
+        if epoch != self.epoch:
+            self.epoch, self.batches_done = epoch, 0
+
+    def __iter__(self):
+        """Yield the rest of the current epoch: (images, labels); with decoder "bytes"
+        (list of encoded bytes, labels), with "none" (manifest rows, labels)."""
+        stream = RowStream(self.config, self.sampler, self.epoch, self.batches_done)
+        workers = self.config.num_workers
+        batches = torch.utils.data.DataLoader(
+            stream, batch_size=None, num_workers=workers, collate_fn=_identity,
+            prefetch_factor=4 if workers else None, persistent_workers=False)
+        for images, labels in self._decoded(iter(batches)):
+            self.batches_done += 1
+            yield images, labels
+        self.epoch, self.batches_done = self.epoch + 1, 0
+
+    def _decoded(self, batches):
+        if self.config.decoder == "torchvision":
+            return ((batch["images"], batch["labels"]) for batch in batches)
+        if self.config.decoder in ("bytes", "none"):
+            first = "data" if self.config.decoder == "bytes" else "rows"
+            return ((batch[first], batch["labels"]) for batch in batches)
+        from lt_dist.data.dali import DaliDecoder
+
+        raw = ([(data, int(label)) for data, label in zip(batch["data"], batch["labels"])] for batch in batches)
+        seed = batch_seed(self.config.sampler.seed, self.epoch, self.world.rank, self.batches_done)
+        return DaliDecoder(raw, self.config.preset, self.config.batch_size,
+                           num_threads=self.config.dali_threads, seed=seed % (2**31))
+
+    def state_dict(self) -> dict:
+        """Where the loader stands: enough to resume mid-epoch on the same world size."""
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "world_size": self.world.world_size,
+                "batch_size": self.config.batch_size, "sampler": asdict(self.config.sampler)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume: the next iteration continues `state`'s epoch after its last batch."""
+        expected = {"world_size": self.world.world_size, "batch_size": self.config.batch_size,
+                    "sampler": asdict(self.config.sampler)}
+        for key, value in expected.items():
+            if state.get(key) != value:
+                raise ValueError(f"cannot resume: the saved loader has {key}={state.get(key)!r}, "
+                                 f"this one has {value!r}")
+        self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
+
+
+def _identity(batch):
+    return batch
