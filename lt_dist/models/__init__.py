@@ -1,0 +1,1 @@
+"""Backbones by name (resnet.py) and classifier heads (heads.py)."""
