@@ -24,7 +24,7 @@ setup: $(VENV)/.installed-$(EXTRAS)
 $(VENV)/.installed-$(EXTRAS): setup.cfg setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip
-	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
 demo-data:

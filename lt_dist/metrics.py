@@ -25,3 +25,29 @@ def shot_groups(samples_per_class: np.ndarray) -> np.ndarray:
     groups[counts > MANY_ABOVE] = "many"
     groups[counts < FEW_BELOW] = "few"
     return groups
+
+
+def per_class_accuracy(correct: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """(C,) correct / total per class; NaN for classes with no evaluated sample."""
+    correct, total = np.asarray(correct, dtype=np.float64), np.asarray(total, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, correct / np.maximum(total, 1), np.nan)
+
+
+def group_accuracy(correct: np.ndarray, total: np.ndarray, train_counts: np.ndarray) -> dict:
+    """Top-1 in percent: "all" over every sample, and per shot group the mean of its
+    classes' accuracies (SPEC.md, "Evaluation"; groups from the TRAINING counts).
+
+    Args:
+        correct, total: (C,) per-class correct predictions and evaluated samples.
+        train_counts: (C,) training images per class.
+    Returns:
+        {"all", "many", "medium", "few"}: floats in [0, 100]; NaN for an empty group.
+    """
+    accuracy = per_class_accuracy(correct, total)
+    groups = shot_groups(train_counts)
+    result = {"all": 100.0 * float(np.sum(correct)) / max(float(np.sum(total)), 1.0)}
+    for group in GROUPS:
+        values = accuracy[(groups == group) & ~np.isnan(accuracy)]
+        result[group] = 100.0 * float(values.mean()) if len(values) else float("nan")
+    return result

@@ -23,7 +23,7 @@ import torch
 
 from lt_dist.data.presets import Preset
 from lt_dist.data.reader import ShardReader
-from lt_dist.data.sampler import BalancedSampler, SamplerConfig
+from lt_dist.data.sampler import BalancedSampler, SamplerConfig, SequentialSampler
 from lt_dist.dist import World
 
 DECODERS = ("dali", "torchvision", "bytes", "none")
@@ -71,7 +71,7 @@ class RowStream(torch.utils.data.IterableDataset):
         batch = {"rows": torch.from_numpy(rows), "labels": torch.from_numpy(reader.labels[rows])}
         if self.config.decoder == "none":
             return batch
-        data = [reader.read(row) for row in rows]
+        data = reader.read_many(rows)
         if self.config.decoder != "torchvision":
             batch["data"] = data
             return batch
@@ -86,17 +86,20 @@ class RowStream(torch.utils.data.IterableDataset):
 class BalancedLoader:
     """Iterate (images, labels) batches of the current epoch; resumable mid-epoch."""
 
-    def __init__(self, config: LoaderConfig, world: World, samples_per_class: np.ndarray | None = None):
+    def __init__(self, config: LoaderConfig, world: World, samples_per_class: np.ndarray | None = None,
+                 sampler: "BalancedSampler | SequentialSampler | None" = None):
         if config.decoder not in DECODERS:
             raise ValueError(f"unknown decoder {config.decoder!r}; choose one of {', '.join(DECODERS)}")
         if config.decoder in ("dali", "torchvision") and config.preset is None:
             raise ValueError(f"decoder {config.decoder!r} needs an augmentation preset")
         if config.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {config.num_workers}")
-        if samples_per_class is None:
-            samples_per_class = ShardReader(config.split_dir, 1).samples_per_class
         self.config, self.world = config, world
-        self.sampler = BalancedSampler(samples_per_class, config.sampler, world, config.batch_size)
+        if sampler is None:  # the default: balanced sampling as config.sampler says
+            if samples_per_class is None:
+                samples_per_class = ShardReader(config.split_dir, 1).samples_per_class
+            sampler = BalancedSampler(samples_per_class, config.sampler, world, config.batch_size)
+        self.sampler = sampler
         self.epoch, self.batches_done = 0, 0
 
     def __len__(self) -> int:
@@ -129,7 +132,8 @@ class BalancedLoader:
             return ((batch[first], batch["labels"]) for batch in batches)
         from lt_dist.data.dali import DaliDecoder
 
-        raw = ([(data, int(label)) for data, label in zip(batch["data"], batch["labels"])] for batch in batches)
+        # tolist(): one conversion per batch, not a 0-d tensor and int() per sample
+        raw = (list(zip(batch["data"], batch["labels"].tolist())) for batch in batches)
         seed = batch_seed(self.config.sampler.seed, self.epoch, self.world.rank, self.batches_done)
         return DaliDecoder(raw, self.config.preset, self.config.batch_size,
                            num_threads=self.config.dali_threads, seed=seed % (2**31))

@@ -181,3 +181,32 @@ class BalancedSampler:
         rows = self.rank_rows(epoch)
         return [rows[b * self.batch_size: (b + 1) * self.batch_size]
                 for b in range(start_batch + worker, self.num_batches, num_workers)]
+
+
+class SequentialSampler:
+    """Every row once, in order, rank r taking rows r, r + W, ... (evaluation, extraction).
+
+    Same interface as BalancedSampler; ranks may get one row more or less, which is
+    fine where no per-batch collective runs (per-class counts are summed at the end).
+    """
+
+    def __init__(self, num_samples: int, world: World, batch_size: int):
+        if num_samples < 1 or batch_size < 1:
+            raise ValueError(f"need num_samples >= 1 and batch_size >= 1, got {num_samples}, {batch_size}")
+        self.world, self.batch_size = world, batch_size
+        self.rows = np.arange(world.rank, num_samples, world.world_size, dtype=np.int64)
+        self.per_rank = len(self.rows)
+
+    @property
+    def num_batches(self) -> int:
+        return -(-self.per_rank // self.batch_size)
+
+    def rank_rows(self, epoch: int) -> np.ndarray:
+        """(per_rank,) rows of this rank; the same every epoch."""
+        return self.rows
+
+    def worker_batches(self, epoch: int, worker: int = 0, num_workers: int = 1,
+                       start_batch: int = 0) -> list[np.ndarray]:
+        """Batches dealt round-robin to workers from start_batch on, as BalancedSampler."""
+        return [self.rows[b * self.batch_size: (b + 1) * self.batch_size]
+                for b in range(start_batch + worker, self.num_batches, num_workers)]

@@ -1,0 +1,75 @@
+"""Run settings of stage 1 as one frozen dataclass: load, validate, dump.
+
+Every field carries a one-line comment; defaults follow SPEC.md (ImageNet-LT).
+The optimiser, batch sizes and precision live in the DeepSpeed config (ds.json),
+never here, so the two cannot disagree.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Stage-1 training run."""
+
+    data: str  # packed dataset shards/NAME with train/ and val/ (test/ optional)
+    out: str  # run folder runs/NAME: checkpoints, logs, config, metrics
+    arch: str = "resnext152_32x4d"  # models.resnet.MODELS name
+    small_input: bool = False  # 3x3 stem without max-pool, for 28-32 px images
+    sampler: str = "instance"  # balance.BALANCERS name or a number q in [0, 1]
+    sampler_draw: str = "stratified"  # exact per-epoch class quotas or "iid"
+    loss: str = "ce"  # losses.LOSSES name
+    loss_params: dict = field(default_factory=dict)  # keyword arguments of the loss
+    epochs: int = 90  # passes of n samples each (n = training-set size)
+    seed: int = 0  # model init, sampling and augmentation
+    train_preset: str = "imagenet_train"  # presets.PRESETS name for training
+    eval_preset: str = "imagenet_eval"  # presets.PRESETS name for val/test
+    image_size: int | None = None  # crop size override of both presets
+    decoder: str = "dali"  # "dali" | "torchvision"
+    workers: int = 2  # DataLoader workers per rank
+    ckpt_every: int = 0  # also checkpoint every this many optimizer steps (0: per epoch only)
+    keep_checkpoints: int = 2  # newest checkpoints kept (the best model is kept apart)
+    log_every: int = 20  # optimizer steps between log lines
+    resume: bool = False  # continue from the newest checkpoint in out/checkpoints
+    eval_batch_size: int = 256  # per rank, for val/test
+
+
+def validate(config: TrainConfig) -> None:
+    """Raise ValueError naming the first bad field (names of tables are checked where they live)."""
+    checks = [
+        (config.epochs >= 1, f"epochs must be >= 1, got {config.epochs}"),
+        (config.workers >= 0, f"workers must be >= 0, got {config.workers}"),
+        (config.ckpt_every >= 0, f"ckpt_every must be >= 0, got {config.ckpt_every}"),
+        (config.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}"),
+        (config.log_every >= 1, f"log_every must be >= 1, got {config.log_every}"),
+        (config.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {config.eval_batch_size}"),
+        (config.decoder in ("dali", "torchvision"), f"unknown decoder {config.decoder!r}; choose dali or torchvision"),
+        (config.image_size is None or config.image_size >= 8, f"image_size must be >= 8, got {config.image_size}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def to_dict(config: TrainConfig) -> dict:
+    """JSON-ready dict of the config."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(values: dict) -> TrainConfig:
+    """TrainConfig from a dict; unknown keys are an error naming them."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown config field(s): {', '.join(unknown)}")
+    return TrainConfig(**values)
+
+
+def dump(config: TrainConfig, path: str, extra: dict | None = None) -> None:
+    """Write the config (plus resolved extras such as the DeepSpeed config) as JSON."""
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"train": to_dict(config), **(extra or {})}, handle, indent=1)
+        handle.write("\n")

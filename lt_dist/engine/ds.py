@@ -1,0 +1,134 @@
+"""DeepSpeed in one place: read and resolve ds.json, start the engine, checkpoints.
+
+ds.json is the user's: the script derives nothing that contradicts it. It fills in
+only what ds.json leaves open (the micro-batch when absent), switches bf16 off on a
+CPU (with a log line, since CPU autocast is not what DeepSpeed's bf16 means), and
+raises naming both values when ds.json disagrees with itself or with the world size.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from typing import Callable
+
+import torch
+
+from lt_dist.errors import UserInputError
+
+
+def load_ds_config(path: str) -> dict:
+    """ds.json as a dict; missing or malformed files raise UserInputError naming the path."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except FileNotFoundError:
+        raise UserInputError(f"DeepSpeed config {path!r} does not exist") from None
+    except json.JSONDecodeError as error:
+        raise UserInputError(f"DeepSpeed config {path!r} is not valid JSON: {error}") from None
+    if not isinstance(config, dict) or "train_batch_size" not in config:
+        raise UserInputError(f"DeepSpeed config {path!r} must be a JSON object with train_batch_size")
+    return config
+
+
+def resolve_ds_config(config: dict, world_size: int, cuda: bool, log: Callable[[str], None] = print) -> dict:
+    """The config DeepSpeed gets: batch sizes checked against the world, bf16 per device.
+
+    train_batch_size = micro_batch * gradient_accumulation_steps * world_size must hold;
+    a missing micro-batch becomes train_batch_size / (gas * world_size).
+    """
+    resolved = copy.deepcopy(config)
+    total = int(resolved["train_batch_size"])
+    gas = int(resolved.get("gradient_accumulation_steps", 1))
+    micro = resolved.get("train_micro_batch_size_per_gpu")
+    if micro is None:
+        if total % (gas * world_size):
+            raise UserInputError(f"train_batch_size {total} does not divide by gradient_accumulation_steps "
+                                 f"{gas} x world size {world_size}")
+        micro = total // (gas * world_size)
+    micro = int(micro)
+    if "gradient_accumulation_steps" not in resolved:
+        if total % (micro * world_size):
+            raise UserInputError(f"train_batch_size {total} does not divide by train_micro_batch_size_per_gpu "
+                                 f"{micro} x world size {world_size}")
+        gas = total // (micro * world_size)
+    if micro * gas * world_size != total:
+        raise UserInputError(f"ds.json says train_batch_size {total}, but train_micro_batch_size_per_gpu "
+                             f"{micro} x gradient_accumulation_steps {gas} x world size {world_size} = "
+                             f"{micro * gas * world_size}")
+    resolved.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=gas)
+    if not cuda and resolved.get("bf16", {}).get("enabled"):
+        log("bf16 is switched off: no CUDA device (CPU training runs in float32)")
+        resolved["bf16"] = {**resolved["bf16"], "enabled": False}
+    if "optimizer" not in resolved:
+        raise UserInputError("ds.json has no optimizer section (expected SGD with lr, momentum, weight_decay)")
+    return resolved
+
+
+def init_distributed() -> None:
+    """Join the process group (gloo on a CPU, nccl on GPUs; DeepSpeed picks).
+
+    A plain `python launch/train_repr.py` has no launcher variables: it becomes a
+    world of one on localhost.
+    """
+    import deepspeed
+
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    deepspeed.init_distributed()
+    _unlink_shm_segment()
+
+
+def _unlink_shm_segment() -> None:
+    """Remove this rank's /dev/shm segment of DeepSpeed's CPU all-reduce once every rank mapped it.
+
+    DeepSpeed never unlinks these 69 MB files; a later run on the same address and port
+    (a resume after SIGKILL, say) would map the stale ones and corrupt or hang its
+    collectives. After the barrier every peer holds its mapping, so unlinking is safe.
+    """
+    import torch.distributed as dist
+
+    dist.barrier()
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ['MASTER_ADDR']}_"
+            f"{os.environ['MASTER_PORT']}_{os.environ['RANK']}")
+    try:
+        os.unlink(os.path.join("/dev/shm", name))
+    except OSError:  # no shared-memory op on this platform, or another node's rank
+        pass
+
+
+def cosine_schedule(total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the base lr at optimizer step s: 0.5 (1 + cos(pi s / S)), 1 -> 0."""
+    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+
+
+def initialize(model: torch.nn.Module, ds_config: dict, total_steps: int, log: Callable[[str], None] = print):
+    """DeepSpeed engine for the model; cosine decay to 0 over total_steps unless ds.json has a scheduler."""
+    import deepspeed
+
+    scheduler = None
+    if "scheduler" in ds_config:
+        log(f"using ds.json's scheduler {ds_config['scheduler'].get('type')}")
+    else:
+        scheduler = lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(total_steps))
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
+                                           lr_scheduler=scheduler, config=ds_config)
+    return engine
+
+
+def save_checkpoint(engine, folder: str, tag: str, client_state: dict) -> None:
+    """Collective: every rank writes its part under folder/tag; `latest` names tag."""
+    engine.save_checkpoint(folder, tag=tag, client_state=client_state)
+
+
+def load_checkpoint(engine, folder: str, tag: str | None = None) -> dict | None:
+    """Collective: load folder/tag (tag None: the `latest`); returns the client state or None."""
+    path, client_state = engine.load_checkpoint(folder, tag=tag)
+    return client_state if path is not None else None
+
+
+def current_lr(engine) -> float:
+    """Learning rate of the first parameter group."""
+    return float(engine.get_lr()[0])

@@ -1,0 +1,93 @@
+"""One training epoch and one evaluation pass; everything they use is an argument."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from lt_dist.metrics import group_accuracy
+
+
+def train_one_epoch(engine, loader, loss_fn, *, epoch: int, num_epochs: int, log_every: int,
+                    on_log: Callable[[dict], None], on_step: Callable[[], None], show_progress: bool) -> dict:
+    """Train over the rest of the loader's current epoch.
+
+    Args:
+        engine: DeepSpeed engine; loader: BalancedLoader (positioned by its state);
+        on_log: called with a dict of step metrics every log_every optimizer steps;
+        on_step: called after every optimizer step (checkpoints hook in here).
+    Returns:
+        epoch summary: mean loss, images/s, data-wait fraction.
+    """
+    engine.train()
+    loss_fn.set_epoch(epoch, num_epochs)
+    dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
+    remaining = len(loader) - loader.batches_done
+    bar = tqdm(total=remaining, desc=f"epoch {epoch}", unit="batch", disable=not show_progress, leave=False)
+    started = window_start = time.perf_counter()
+    wait = window_wait = 0.0
+    images_seen = window_images = 0
+    loss_sum, loss_count = torch.zeros(()), 0
+    batches = iter(loader)
+    while True:
+        fetch = time.perf_counter()
+        batch = next(batches, None)
+        waited = time.perf_counter() - fetch
+        wait, window_wait = wait + waited, window_wait + waited
+        if batch is None:
+            break
+        images, labels = batch[0].to(engine.device, dtype), batch[1].to(engine.device)
+        step_before = engine.global_steps
+        loss = loss_fn(engine(images), labels)
+        engine.backward(loss)
+        engine.step()
+        loss_sum += loss.detach().float().cpu()
+        loss_count += 1
+        images_seen += len(labels)
+        window_images += len(labels)
+        bar.update(1)
+        if engine.global_steps == step_before:
+            continue  # inside a gradient-accumulation window
+        on_step()
+        if engine.global_steps % log_every == 0:
+            now = time.perf_counter()
+            # .item() syncs with the device: only on log steps
+            on_log({"epoch": epoch, "loss": loss.item(), "lr": float(engine.get_lr()[0]),
+                    "images_per_s": window_images * dist.get_world_size() / (now - window_start),
+                    "data_wait": window_wait / (now - window_start)})
+            window_start, window_wait, window_images = now, 0.0, 0
+    bar.close()
+    elapsed = time.perf_counter() - started
+    return {"epoch": epoch, "loss": float(loss_sum) / max(loss_count, 1),
+            "images_per_s": images_seen * dist.get_world_size() / max(elapsed, 1e-9),
+            "data_wait": wait / max(elapsed, 1e-9), "seconds": elapsed}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, num_classes: int, train_counts: np.ndarray, device) -> dict:
+    """Top-1 All and Many/Medium/Few over a split read once across ranks.
+
+    Returns:
+        {"all", "many", "medium", "few"} in percent, plus "correct" and "total": (C,) int64
+        per-class arrays summed over ranks.
+    """
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros(num_classes, dtype=torch.int64, device=device)
+    total = torch.zeros(num_classes, dtype=torch.int64, device=device)
+    dtype = next(model.parameters()).dtype
+    for images, labels in loader:
+        labels = labels.to(device)
+        predictions = model(images.to(device, dtype)).argmax(dim=1)
+        total += torch.bincount(labels, minlength=num_classes)
+        correct += torch.bincount(labels[predictions == labels], minlength=num_classes)
+    if dist.is_initialized():
+        dist.all_reduce(correct)
+        dist.all_reduce(total)
+    model.train(was_training)
+    correct_np, total_np = correct.cpu().numpy(), total.cpu().numpy()
+    return {**group_accuracy(correct_np, total_np, train_counts), "correct": correct_np, "total": total_np}

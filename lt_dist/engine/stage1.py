@@ -1,0 +1,168 @@
+"""Stage 1: train the representation with DeepSpeed, evaluate every epoch, test once.
+
+    checks (no process group yet) -> process group -> model, loaders, engine
+    -> [resume] -> epochs: train (step checkpoints) -> val -> best model -> checkpoint
+    -> test on the best-on-val weights -> test_metrics.json
+Everything a user can get wrong is checked before the first collective call, so
+every rank stops with the same message instead of hanging.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from lt_dist.config import TrainConfig, dump, to_dict, validate
+from lt_dist.data.balance import resolve_strategy
+from lt_dist.data.loader import BalancedLoader, LoaderConfig
+from lt_dist.data.presets import get_preset
+from lt_dist.data.sampler import SamplerConfig, SequentialSampler
+from lt_dist.dist import World
+from lt_dist.engine import checkpoint as ckpt
+from lt_dist.engine import ds
+from lt_dist.engine.logs import RunLogger
+from lt_dist.engine.loop import evaluate, train_one_epoch
+from lt_dist.engine.reports import append_per_class, write_test_results
+from lt_dist.errors import UserInputError
+from lt_dist.losses import LOSSES, build_loss
+from lt_dist.models.resnet import MODELS, build_model
+from lt_dist.shards.manifest import load_manifest, resolve_split
+
+
+def check_inputs(config: TrainConfig, ds_config_path: str, world: World) -> tuple[dict, dict]:
+    """Everything checkable before distributed start-up; returns (resolved ds.json, dataset facts)."""
+    try:
+        validate(config)
+        resolve_strategy(config.sampler)
+        get_preset(config.train_preset), get_preset(config.eval_preset)
+    except ValueError as error:
+        raise UserInputError(str(error)) from None
+    for kind, name, table in (("arch", config.arch, MODELS), ("loss", config.loss, LOSSES)):
+        if name not in table:
+            raise UserInputError(f"unknown {kind} {name!r}; choose one of {', '.join(table)}")
+    say = print if world.is_main else (lambda *a, **k: None)
+    ds_config = ds.resolve_ds_config(ds.load_ds_config(ds_config_path), world.world_size,
+                                     torch.cuda.is_available(), say)
+    train = load_manifest(resolve_split(config.data, "train"))
+    val = load_manifest(resolve_split(config.data, "val"))
+    counts = train.samples_per_class
+    if len(val.samples_per_class) != len(counts):
+        raise UserInputError(f"val has {len(val.samples_per_class)} classes, train has {len(counts)}")
+    test_dir = os.path.join(config.data, "test")
+    facts = {"train_dir": train.split_dir, "val_dir": val.split_dir, "counts": counts,
+             "class_names": train.class_names,
+             "test_dir": resolve_split(test_dir) if os.path.isdir(test_dir) else None}
+    ckpt_dir = os.path.join(config.out, "checkpoints")
+    if config.resume:
+        ckpt.check_resume_compatible(config.out, config.arch, len(counts), config.small_input)
+    elif os.path.isfile(os.path.join(ckpt_dir, "latest")):
+        raise UserInputError(f"{config.out!r} already holds checkpoints: pass --resume to continue "
+                             f"or choose another --out")
+    return ds_config, facts
+
+
+def _preset(name: str, size: int | None):
+    return get_preset(name) if size is None else get_preset(name, size=size)
+
+
+def build_loaders(config: TrainConfig, facts: dict, world: World, micro_batch: int):
+    """(train BalancedLoader, val loader, test loader or None)."""
+    sampler = SamplerConfig(config.sampler, config.seed, config.epochs, "pad", None, config.sampler_draw)
+    train = BalancedLoader(LoaderConfig(facts["train_dir"], micro_batch, _preset(config.train_preset, config.image_size),
+                                        sampler, config.decoder, config.workers), world, facts["counts"])
+
+    def sequential(split_dir: str | None):
+        if split_dir is None:
+            return None
+        size = int(load_manifest(split_dir).samples_per_class.sum())
+        loader_config = LoaderConfig(split_dir, config.eval_batch_size, _preset(config.eval_preset, config.image_size),
+                                     SamplerConfig(), config.decoder, config.workers)
+        return BalancedLoader(loader_config, world, sampler=SequentialSampler(size, world, config.eval_batch_size))
+
+    return train, sequential(facts["val_dir"]), sequential(facts["test_dir"])
+
+
+def run_stage1(config: TrainConfig, ds_config_path: str) -> dict:
+    """Train, validate and test; returns the test metrics (val metrics when there is no test split)."""
+    world = World.from_env()  # launchers set RANK/WORLD_SIZE before the process group exists
+    ds_config, facts = check_inputs(config, ds_config_path, world)
+    ds.init_distributed()
+    say = print if world.is_main else (lambda *a, **k: None)
+    micro, gas = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
+    torch.manual_seed(config.seed)
+    counts, num_classes = facts["counts"], len(facts["counts"])
+    model = build_model(config.arch, num_classes, config.small_input)
+    train_loader, val_loader, test_loader = build_loaders(config, facts, world, micro)
+    engine = ds.initialize(model, ds_config, total_steps=config.epochs * (len(train_loader) // gas), log=say)
+    loss_fn = build_loss(config.loss, counts, **config.loss_params).to(engine.device)
+    ckpt_dir = os.path.join(config.out, "checkpoints")
+    best = {"val_all": -1.0, "epoch": None}
+    if config.resume:
+        client = ds.load_checkpoint(engine, ckpt_dir)
+        if client is None:
+            raise UserInputError(f"--resume: no checkpoint found in {ckpt_dir!r}")
+        train_loader.load_state_dict(client["loader"])
+        best = client["best"]
+        say(f"resumed from {ckpt_dir} at epoch {train_loader.epoch}, batch {train_loader.batches_done}")
+    logger = RunLogger(config.out, world.is_main)
+    if world.is_main:
+        dump(config, os.path.join(config.out, "config.json"),
+             {"deepspeed": ds_config, "world_size": world.world_size, "num_classes": num_classes,
+              "class_names": facts["class_names"], "train_counts": counts.tolist()})
+
+    def save(end_of_epoch: bool) -> None:
+        epoch = train_loader.epoch - (1 if end_of_epoch else 0)
+        tag = ckpt.checkpoint_tag(engine.global_steps, epoch, end_of_epoch)
+        ds.save_checkpoint(engine, ckpt_dir, tag, {"loader": train_loader.state_dict(), "best": best,
+                                                   "config": to_dict(config)})
+        dist.barrier()
+        if world.is_main:
+            ckpt.prune_checkpoints(ckpt_dir, config.keep_checkpoints)
+
+    def on_step() -> None:
+        if config.ckpt_every and engine.global_steps % config.ckpt_every == 0:
+            save(end_of_epoch=False)
+
+    for epoch in range(train_loader.epoch, config.epochs):
+        train_loader.set_epoch(epoch)
+        summary = train_one_epoch(engine, train_loader, loss_fn, epoch=epoch, num_epochs=config.epochs,
+                                  log_every=config.log_every, show_progress=world.is_main, on_step=on_step,
+                                  on_log=lambda values: logger.log("train", engine.global_steps, **values))
+        metrics = evaluate(engine.module, val_loader, num_classes, counts, engine.device)
+        scores = {key: metrics[key] for key in ("all", "many", "medium", "few")}
+        logger.log("epoch", engine.global_steps, **summary, **{f"val_{k}": v for k, v in scores.items()})
+        say(f"epoch {epoch}: loss {summary['loss']:.4f}, {summary['images_per_s']:.0f} img/s, data wait "
+            f"{summary['data_wait']:.0%}, val all {scores['all']:.2f} many {scores['many']:.2f} "
+            f"medium {scores['medium']:.2f} few {scores['few']:.2f}")
+        if world.is_main:
+            append_per_class(os.path.join(config.out, "val_per_class.csv"), epoch, metrics, counts, facts["class_names"])
+        if scores["all"] > best["val_all"]:
+            best = {"val_all": scores["all"], "epoch": epoch, "val": scores}
+            if world.is_main:
+                ckpt.save_best_model(config.out, engine.module, {
+                    "arch": config.arch, "num_classes": num_classes, "small_input": config.small_input,
+                    "epoch": epoch, "val": scores, "train_counts": counts.tolist(),
+                    "class_names": facts["class_names"], "eval_preset": config.eval_preset,
+                    "image_size": config.image_size})
+        save(end_of_epoch=True)
+    result = _final_test(config, engine, test_loader or val_loader, num_classes, counts, facts, world, best)
+    logger.close()
+    return result
+
+
+def _final_test(config, engine, loader, num_classes, counts, facts, world, best) -> dict:
+    """Evaluate the best-on-val weights once on test (never used to choose anything)."""
+    dist.barrier()
+    state = ckpt.load_best_model(config.out)["state_dict"]
+    engine.module.load_state_dict(state)
+    split = "test" if facts["test_dir"] else "val"
+    metrics = evaluate(engine.module, loader, num_classes, counts, engine.device)
+    scores = {key: metrics[key] for key in ("all", "many", "medium", "few")}
+    if world.is_main:
+        write_test_results(config.out, split, metrics, counts, facts["class_names"], best)
+        print(f"{split} (best-on-val epoch {best['epoch']}): all {scores['all']:.2f} many {scores['many']:.2f} "
+              f"medium {scores['medium']:.2f} few {scores['few']:.2f}")
+    return scores

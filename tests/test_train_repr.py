@@ -1,0 +1,168 @@
+"""Stage 1 through the real launchers on the CPU: 2 processes, gloo, tiny shards."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, make_image_folder
+
+LAUNCHER = Path(sys.executable).parent / "deepspeed"
+SCRIPT = REPO / "launch" / "train_repr.py"
+DS_CONFIG = {"train_batch_size": 16, "optimizer": {"type": "SGD", "params": {"lr": 0.05, "momentum": 0.9,
+             "weight_decay": 5e-4}}, "bf16": {"enabled": True}, "zero_optimization": {"stage": 1},
+             "zero_allow_untested_optimizer": True, "steps_per_print": 1000000}
+TINY = ["--arch", "resnet10", "--small-input", "--train-preset", "small_train", "--eval-preset", "small_eval",
+        "--image-size", "16", "--decoder", "torchvision", "--eval-batch-size", "16", "--log-every", "2"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """train (60/30/12/6), val (2 per class) and test (3 per class) of 20x20 JPEGs."""
+    root = tmp_path_factory.mktemp("stage1")
+    from lt_dist.cli import main
+
+    train = make_image_folder(root / "train_images", [62, 32, 14, 8], size=(20, 20))
+    test = make_image_folder(root / "test_images", [3, 3, 3, 3], seed=5, size=(20, 20))
+    assert main(["pack", str(train), "--out", str(root / "ds"), "--val-per-class", "2", "--no-progress"]) == 0
+    assert main(["pack", str(test), "--out", str(root / "ds"), "--split", "test", "--no-progress"]) == 0
+    ds_json = root / "ds.json"
+    ds_json.write_text(json.dumps(DS_CONFIG))
+    return root
+
+
+def environment() -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch(shards, out, *extra, procs=2, **popen):
+    command = [str(LAUNCHER), "--num_gpus", str(procs), "--master_port", str(free_port()),
+               str(SCRIPT), "--ds_config", str(shards / "ds.json"), "--data", str(shards / "ds"),
+               "--out", str(out), *TINY, *map(str, extra)]
+    return subprocess.Popen(command, cwd=REPO, env=environment(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def final_weights(run: Path) -> dict:
+    tags = sorted(p for p in (run / "checkpoints").iterdir() if p.name.startswith("gs"))
+    return torch.load(tags[-1] / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+
+
+def test_deepspeed_two_cpu_processes_train_and_write_everything(shards, tmp_path):
+    run = tmp_path / "run"
+    process = launch(shards, run, "--epochs", 2, "--workers", 1)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output[-3000:]
+    assert "bf16 is switched off" in output
+    tags = sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("gs"))
+    assert tags[-1].endswith("epoch0001-end") and (run / "checkpoints" / "latest").read_text() == tags[-1]
+    config = json.loads((run / "config.json").read_text())
+    assert config["world_size"] == 2 and config["deepspeed"]["train_micro_batch_size_per_gpu"] == 8
+    val_rows = (run / "val_per_class.csv").read_text().splitlines()
+    assert val_rows[0].startswith("epoch,label,class_name,group") and len(val_rows) == 1 + 2 * 4
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert set(metrics) >= {"all", "many", "medium", "few", "best_epoch"} and 0 <= metrics["all"] <= 100
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert len(epochs) == 2 and {"loss", "images_per_s", "data_wait", "val_all", "val_few"} <= set(epochs[0])
+    assert any(r["kind"] == "train" and "lr" in r for r in records)
+    assert list((run / "tb").iterdir())
+    best = torch.load(run / "best_model.pt", weights_only=False)
+    assert best["arch"] == "resnet10" and best["num_classes"] == 4
+
+
+def test_sigkill_mid_epoch_and_resume_gives_the_same_weights(shards, tmp_path):
+    common = ["--epochs", 3, "--workers", 0, "--ckpt-every", 3, "--seed", 7]
+    straight = launch(shards, tmp_path / "straight", *common)
+    output, _ = straight.communicate(timeout=600)
+    assert straight.returncode == 0, output[-3000:]
+
+    run = tmp_path / "killed"
+    victim = launch(shards, run, *common, start_new_session=True)
+    latest = run / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while time.time() < deadline and victim.poll() is None:
+        if latest.exists() and "epoch0001-mid" in latest.read_text():
+            os.killpg(victim.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (run / "test_metrics.json").exists()
+
+    resumed = launch(shards, run, *common, "--resume")
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output[-3000:]
+    assert "resumed from" in output
+    assert not list(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")), "shared-memory segments left behind"
+    expected, actual = final_weights(tmp_path / "straight"), final_weights(run)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
+def run_main(args, capsys):
+    sys.path.insert(0, str(REPO / "launch"))
+    try:
+        import train_repr
+    finally:
+        sys.path.pop(0)
+    status = train_repr.main([str(a) for a in args])
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--ds_config": "missing.json"}, "DeepSpeed config 'missing.json' does not exist"),
+    ({"--arch": "resnet7"}, "unknown arch 'resnet7'"),
+    ({"--loss": "hinge"}, "unknown loss 'hinge'"),
+    ({"--sampler": "balanced"}, "unknown sampler 'balanced'"),
+    ({"--data": "/nonexistent/ds"}, "manifest.parquet is missing"),
+])
+def test_bad_input_stops_at_start_up(shards, tmp_path, capsys, change, message):
+    args = {"--ds_config": shards / "ds.json", "--data": shards / "ds", "--out": tmp_path / "r", **change}
+    status, err = run_main([*TINY, "--epochs", 1, *sum(([k, v] for k, v in args.items()), [])], capsys)
+    assert status == 2 and message in err
+
+
+def test_ds_json_problems_name_both_values(shards, tmp_path, capsys, monkeypatch):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    status, err = run_main(["--ds_config", bad, "--data", shards / "ds", "--out", tmp_path / "r"], capsys)
+    assert status == 2 and "not valid JSON" in err
+    odd = tmp_path / "odd.json"
+    odd.write_text(json.dumps({**DS_CONFIG, "train_batch_size": 15}))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    status, err = run_main(["--ds_config", odd, "--data", shards / "ds", "--out", tmp_path / "r"], capsys)
+    assert status == 2 and "train_batch_size 15 does not divide" in err and "world size 2" in err
+    clash = tmp_path / "clash.json"
+    clash.write_text(json.dumps({**DS_CONFIG, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 3}))
+    status, err = run_main(["--ds_config", clash, "--data", shards / "ds", "--out", tmp_path / "r"], capsys)
+    assert status == 2 and "train_batch_size 16" in err and "= 24" in err
+
+
+def test_resume_with_another_arch_or_class_count_is_refused(shards, tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"train": {"arch": "resnet18", "small_input": True},
+                                                 "num_classes": 4}))
+    args = ["--ds_config", shards / "ds.json", "--data", shards / "ds", "--out", run, "--resume", *TINY]
+    status, err = run_main(args, capsys)
+    assert status == 2 and "arch='resnet18'" in err and "arch='resnet10'" in err
+    (run / "config.json").write_text(json.dumps({"train": {"arch": "resnet10", "small_input": True},
+                                                 "num_classes": 7}))
+    status, err = run_main(args, capsys)
+    assert status == 2 and "num_classes=7" in err
