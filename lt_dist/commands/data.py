@@ -10,7 +10,8 @@ from lt_dist.errors import UserInputError
 
 
 def add_parsers(subparsers) -> None:
-    """Register sample-stats."""
+    """Register sample-stats and extract."""
+    _add_extract(subparsers)
     parser = subparsers.add_parser(
         "sample-stats", help="check a sampler: target vs drawn class shares",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -71,3 +72,33 @@ def _is_number(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def _add_extract(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "extract", help="store frozen-backbone features for stage 2",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Run the best-on-val stage-1 backbone (eval transform, every image once) over packed "
+        "splits and write Arrow IPC features, the stage-1 classifier W, b and the training class counts. "
+        "Under `torchrun --nproc_per_node N -m lt_dist.cli extract ...` the work is split across processes.")
+    parser.add_argument("--ckpt", required=True, help="stage-1 run folder runs/NAME (or its best_model.pt)")
+    parser.add_argument("--data", required=True, help="packed dataset shards/NAME")
+    parser.add_argument("--split", action="append", dest="splits",
+                        help="split to extract, repeatable (default: train, val, and test if present)")
+    parser.add_argument("--out", required=True, help="features folder features/NAME")
+    parser.add_argument("--decoder", choices=("dali", "torchvision"), default="dali", help="image decoder")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per batch per process")
+    parser.add_argument("--workers", type=int, default=2, help="loader processes per rank")
+    parser.set_defaults(run=run_extract)
+
+
+def run_extract(args) -> int:
+    import os
+
+    from lt_dist.engine.extract import extract
+
+    splits = args.splits or [s for s in ("train", "val", "test") if os.path.isdir(os.path.join(args.data, s))]
+    if args.batch_size < 1:
+        raise UserInputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    extract(args.ckpt, args.data, splits, args.out, args.decoder, args.batch_size, args.workers)
+    return 0

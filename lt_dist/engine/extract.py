@@ -1,0 +1,102 @@
+"""`lt_dist extract`: run the frozen stage-1 backbone once over a split, store the features.
+
+Eval transform only, every image once. Launched under torchrun (WORLD_SIZE > 1) each
+rank takes rows r, r + W, ... and writes a part; rank 0 merges the parts in manifest
+order, so the files do not depend on the number of processes.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from lt_dist.data.loader import BalancedLoader, LoaderConfig
+from lt_dist.data.presets import get_preset
+from lt_dist.data.reader import ShardReader
+from lt_dist.data.sampler import SequentialSampler
+from lt_dist.dist import World
+from lt_dist.engine.checkpoint import load_best_model
+from lt_dist.errors import UserInputError
+from lt_dist.models.resnet import build_model
+from lt_dist.shards.manifest import load_manifest, resolve_split
+from lt_dist.stage2 import store
+
+
+def _device(world: World) -> torch.device:
+    return torch.device("cuda", world.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+@torch.no_grad()
+def extract_rows(model, split_dir: str, world: World, preset, decoder: str, batch_size: int,
+                 workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """This rank's (rows (n,), labels (n,), features (n, D) float32)."""
+    num_samples = int(load_manifest(split_dir).samples_per_class.sum())
+    sampler = SequentialSampler(num_samples, world, batch_size)
+    loader = BalancedLoader(LoaderConfig(split_dir, batch_size, preset, decoder=decoder, num_workers=workers),
+                            world, sampler=sampler)
+    device = next(model.parameters()).device
+    features, labels = [], []
+    for images, batch_labels in loader:
+        features.append(model.features(images.to(device)).float().cpu().numpy())
+        labels.append(batch_labels.cpu().numpy())
+    return sampler.rows, np.concatenate(labels), np.concatenate(features)
+
+
+def extract(ckpt: str, data: str, splits: list[str], out: str, decoder: str = "dali",
+            batch_size: int = 256, workers: int = 2) -> dict:
+    """Write out/<split>.arrow for each split, classifier.arrow and features.json; returns the index."""
+    world = World.from_env()
+    best = load_best_model(ckpt)
+    split_dirs = {split: resolve_split(data, split) for split in splits}
+    train_counts = np.asarray(best["train_counts"])
+    for split, split_dir in split_dirs.items():
+        classes = len(load_manifest(split_dir).samples_per_class)
+        if classes != best["num_classes"]:
+            raise UserInputError(f"{split_dir} has {classes} classes, the checkpoint {best['num_classes']}")
+    if world.world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    model = build_model(best["arch"], best["num_classes"], best["small_input"])
+    model.load_state_dict(best["state_dict"])
+    model.eval().to(_device(world))
+    size = best.get("image_size")
+    preset = get_preset(best.get("eval_preset", "imagenet_eval"), **({"size": size} if size else {}))
+    os.makedirs(out, exist_ok=True)
+    info = {"ckpt": ckpt, "data": data, "arch": best["arch"], "feature_dim": model.feature_dim,
+            "num_classes": best["num_classes"], "best_epoch": best.get("epoch"), "splits": {}}
+    for split, split_dir in split_dirs.items():
+        started = time.perf_counter()
+        rows, labels, features = extract_rows(model, split_dir, world, preset, decoder, batch_size, workers)
+        _write_parts(out, split, split_dir, world, rows, labels, features)
+        info["splits"][split] = {"num_samples": int(load_manifest(split_dir).samples_per_class.sum()),
+                                 "seconds": round(time.perf_counter() - started, 2)}
+        if world.is_main:
+            print(f"{split}: {info['splits'][split]['num_samples']} features of {model.feature_dim} dims "
+                  f"in {info['splits'][split]['seconds']} s")
+    if world.is_main:
+        store.write_classifier(out, model.fc.weight.detach().cpu().numpy(), model.fc.bias.detach().cpu().numpy(),
+                               train_counts, best["class_names"])
+        store.write_index(out, info)
+    return info
+
+
+def _write_parts(out: str, split: str, split_dir: str, world: World, rows, labels, features) -> None:
+    """Single process: write the split. Several: each rank a part, rank 0 merges them."""
+    reader = ShardReader(split_dir, max_open_files=1)
+    if world.world_size == 1:
+        store.write_split(os.path.join(out, f"{split}.arrow"), rows, [reader.key(r) for r in rows], labels, features)
+        return
+    part = os.path.join(out, f".{split}.part{world.rank:05d}.npz")
+    np.savez(part, rows=rows, labels=labels, features=features)
+    dist.barrier()
+    if world.is_main:
+        parts = [np.load(os.path.join(out, f".{split}.part{rank:05d}.npz")) for rank in range(world.world_size)]
+        all_rows = np.concatenate([p["rows"] for p in parts])
+        store.write_split(os.path.join(out, f"{split}.arrow"), all_rows, [reader.key(r) for r in all_rows],
+                          np.concatenate([p["labels"] for p in parts]),
+                          np.concatenate([p["features"] for p in parts]))
+        for rank in range(world.world_size):
+            os.remove(os.path.join(out, f".{split}.part{rank:05d}.npz"))
+    dist.barrier()

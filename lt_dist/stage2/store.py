@@ -1,0 +1,126 @@
+"""Stored features: Arrow IPC files that readers memory-map (trials on one machine share pages).
+
+features/NAME/
+    train.arrow, val.arrow, test.arrow   one row per sample: row (int64, manifest row),
+                                         key (string), label (int64),
+                                         feature (fixed_size_list<float32>[D]); one record
+                                         batch, so the (N, D) matrix is one zero-copy view
+    classifier.arrow                     one row per class: class_name, train_count (int64),
+                                         bias (float32), weight (fixed_size_list<float32>[D])
+    features.json                        splits, dimensions, counts, source run and data
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from lt_dist.errors import UserInputError
+
+INDEX = "features.json"
+CLASSIFIER = "classifier.arrow"
+
+
+def _write_ipc(path: str, table: pa.Table) -> None:
+    temp = f"{path}.tmp-{os.getpid()}"
+    with pa.OSFile(temp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=max(table.num_rows, 1))
+    os.replace(temp, path)
+
+
+def _matrix_column(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+
+
+def write_split(path: str, rows: np.ndarray, keys: list[str], labels: np.ndarray, features: np.ndarray) -> None:
+    """Write one split's features, sorted by manifest row (the same order whatever the world size)."""
+    order = np.argsort(rows, kind="stable")
+    table = pa.table({"row": pa.array(np.asarray(rows, dtype=np.int64)[order]),
+                      "key": pa.array([keys[i] for i in order], pa.string()),
+                      "label": pa.array(np.asarray(labels, dtype=np.int64)[order]),
+                      "feature": _matrix_column(np.asarray(features)[order])})
+    _write_ipc(path, table)
+
+
+def write_classifier(folder: str, weight: np.ndarray, bias: np.ndarray, train_counts: np.ndarray,
+                     class_names: list[str]) -> None:
+    """The stage-1 classifier (C, D) + (C,) and the training class counts."""
+    table = pa.table({"class_name": pa.array(class_names, pa.string()),
+                      "train_count": pa.array(np.asarray(train_counts, dtype=np.int64)),
+                      "bias": pa.array(np.asarray(bias, dtype=np.float32)),
+                      "weight": _matrix_column(weight)})
+    _write_ipc(os.path.join(folder, CLASSIFIER), table)
+
+
+def write_index(folder: str, info: dict) -> None:
+    with open(os.path.join(folder, INDEX), "w", encoding="utf-8") as handle:
+        json.dump(info, handle, indent=1)
+
+
+@dataclass
+class StoredSplit:
+    """A memory-mapped split: features (N, D) float32 view, labels (N,), keys."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    keys: pa.ChunkedArray
+
+
+def _read_ipc(path: str) -> pa.Table:
+    if not os.path.isfile(path):
+        raise UserInputError(f"{path!r} does not exist")
+    return pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
+
+
+def _matrix(column: pa.ChunkedArray) -> np.ndarray:
+    """(N, D) float32 zero-copy view of a one-chunk fixed-size-list column."""
+    chunk = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    values = chunk.values.to_numpy(zero_copy_only=column.num_chunks == 1)
+    return values.reshape(len(chunk), chunk.type.list_size)
+
+
+def read_split(folder: str, split: str) -> StoredSplit:
+    """Memory-map features/NAME/<split>.arrow."""
+    table = _read_ipc(os.path.join(folder, f"{split}.arrow"))
+    return StoredSplit(_matrix(table.column("feature")), table.column("label").to_numpy(), table.column("key"))
+
+
+def read_classifier(folder: str) -> dict:
+    """{"weight" (C, D), "bias" (C,), "train_counts" (C,), "class_names"} of the stage-1 classifier."""
+    path = os.path.join(folder, CLASSIFIER)
+    if not os.path.isfile(path):
+        raise UserInputError(f"{folder!r} has no stage-1 classifier ({CLASSIFIER}); run `lt_dist extract` "
+                             f"with the stage-1 checkpoint")
+    table = _read_ipc(path)
+    return {"weight": _matrix(table.column("weight")), "bias": table.column("bias").to_numpy(),
+            "train_counts": table.column("train_count").to_numpy(),
+            "class_names": table.column("class_name").to_pylist()}
+
+
+def load_features(folder: str, splits: tuple[str, ...] = ("train", "val", "test")) -> tuple[dict, dict]:
+    """({split: StoredSplit} for the splits present, classifier), checked against each other.
+
+    Raises UserInputError naming the split when dimensions or class counts disagree.
+    """
+    if not os.path.isdir(folder):
+        raise UserInputError(f"features folder {folder!r} does not exist")
+    classifier = read_classifier(folder)
+    num_classes, dim = classifier["weight"].shape
+    stored = {}
+    for split in splits:
+        if not os.path.isfile(os.path.join(folder, f"{split}.arrow")):
+            continue
+        data = read_split(folder, split)
+        if data.features.shape[1] != dim:
+            raise UserInputError(f"{split} features are {data.features.shape[1]}-d but the classifier is {dim}-d")
+        if len(data.labels) and int(data.labels.max()) >= num_classes:
+            raise UserInputError(f"{split} has label {int(data.labels.max())} but the classifier has "
+                                 f"{num_classes} classes")
+        stored[split] = data
+    if "train" not in stored:
+        raise UserInputError(f"{folder!r} has no train.arrow: stage 2 trains on the training features")
+    return stored, classifier
