@@ -1,0 +1,159 @@
+"""Closed-form classifier heads on features (numpy, plus torch where stated).
+
+tau-normalisation, the NCM classifier and the predictors every stage-2 method returns:
+    LinearPredictor   logits = f W^T (+ b)           joint, tau_norm, crt, lws, learned_tau
+    NCMPredictor      -||x~ - m_j||^2 or cos(x~, m_j)  ncm (x~ the "cl2n" feature)
+    CosinePredictor   s * cos(x, w_j)                 cosine
+(SPEC.md, "Stage 2".)
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+NCM_METRICS = ("l2", "cos")
+_EPS = 1e-12  # norm floor: a zero row or feature stays zero instead of becoming NaN
+_CHUNK = 8192  # rows per float64 block in NCM
+
+
+def _check_tau(tau: float) -> None:
+    if not float(tau) >= 0.0:  # `not >=` also rejects NaN
+        raise ValueError(f"tau must be >= 0, got {float(tau)}")
+
+
+def scale_rows(weight, tau):
+    """w_j / max(||w_j||, eps)^tau for any real tau (torch tensors stay differentiable in tau).
+
+    Args:
+        weight: (C, D) numpy array or torch tensor; tau: float or 0-d tensor.
+    Returns:
+        (C, D), the same kind and dtype as weight.
+    """
+    if isinstance(weight, torch.Tensor):
+        return weight / weight.norm(dim=1, keepdim=True).clamp_min(_EPS) ** tau
+    weight = np.asarray(weight)
+    norms = np.maximum(np.linalg.norm(weight, axis=1, keepdims=True), _EPS)
+    return (weight / norms ** tau).astype(weight.dtype, copy=False)
+
+
+def tau_normalize(weight, tau: float):
+    """tau-normalised classifier weights w_j / ||w_j||^tau (rows = classes).
+
+    tau = 0 returns the values unchanged (division by 1), tau = 1 rows of unit L2 norm.
+    Args:
+        weight: (C, D) numpy array or torch tensor.
+        tau: >= 0.
+    Returns:
+        (C, D): numpy in -> numpy out, torch in -> torch out, same dtype.
+    """
+    _check_tau(tau)
+    return scale_rows(weight, tau)
+
+
+def _l2_rows(matrix: np.ndarray) -> np.ndarray:
+    """(N, D) rows divided by their L2 norm (zero rows stay zero)."""
+    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), _EPS)
+
+
+def _chunks(num_rows: int) -> range:
+    """Starts of row blocks: the float64 NCM work never holds more than _CHUNK rows at once
+    (ImageNet-LT's train matrix is 115,846 x 2048: ~1.9 GB in float64)."""
+    return range(0, num_rows, _CHUNK)
+
+
+def _cl2n(features: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """(n, D) rows centred by the train mean and L2-normalised, float64."""
+    return _l2_rows(np.asarray(features, dtype=np.float64) - mean)
+
+
+def ncm_centroids(train_features: np.ndarray, train_labels: np.ndarray,
+                  num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The official "cl2n" NCM state: global train mean and class means of normalised features.
+
+    Args:
+        train_features: (N, D); train_labels: (N,) ints in 0 .. C-1.
+        num_classes: C (default: max label + 1).
+    Returns:
+        mean (D,) float64 and centroids (C, D) float64; a class without training rows
+        gets a NaN centroid (NCMPredictor then gives it logit -inf).
+    """
+    train_features, labels = np.asarray(train_features), np.asarray(train_labels, dtype=np.int64)
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    mean = train_features.mean(axis=0, dtype=np.float64)  # float64 sums over 10^5 rows
+    sums = np.zeros((num_classes, train_features.shape[1]))
+    for start in _chunks(len(labels)):
+        block, block_labels = _cl2n(train_features[start:start + _CHUNK], mean), labels[start:start + _CHUNK]
+        order = np.argsort(block_labels, kind="stable")  # reduceat sums runs of equal labels
+        present, first = np.unique(block_labels[order], return_index=True)
+        sums[present] += np.add.reduceat(block[order], first, axis=0)
+    counts = np.bincount(labels, minlength=num_classes)[:, None]
+    with np.errstate(invalid="ignore"):
+        return mean, sums / counts
+
+
+class NCMPredictor:
+    """Nearest class mean on "cl2n" features: centre by the train mean, then L2-normalise."""
+
+    def __init__(self, mean: np.ndarray, centroids: np.ndarray, metric: str = "l2"):
+        if metric not in NCM_METRICS:
+            raise ValueError(f"unknown NCM metric {metric!r}; choose one of {', '.join(NCM_METRICS)}")
+        self.mean, self.centroids, self.metric = mean, centroids, metric
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        """(N, D) -> (N, C) float32: -squared distance ("l2") or cosine ("cos") to each mean."""
+        features = np.asarray(features)
+        empty = np.isnan(self.centroids).any(axis=1)
+        centroids = np.where(empty[:, None], 0.0, self.centroids)
+        if self.metric == "cos":  # SPEC: cosine with the means (the official code skips normalising them)
+            centroids = _l2_rows(centroids)
+        logits = np.empty((len(features), len(centroids)), dtype=np.float32)
+        for start in _chunks(len(features)):
+            queries = _cl2n(features[start:start + _CHUNK], self.mean)
+            block = queries @ centroids.T
+            if self.metric == "l2":  # ||q||^2 + ||m||^2 - 2 q.m, in float64 to keep the small gaps exact
+                block = -((queries ** 2).sum(1, keepdims=True) + (centroids ** 2).sum(1) - 2.0 * block)
+            logits[start:start + _CHUNK] = block
+        logits[:, empty] = -np.inf
+        return logits
+
+
+def ncm_logits(train_features: np.ndarray, train_labels: np.ndarray, features: np.ndarray,
+               metric: str = "l2", num_classes: int | None = None) -> np.ndarray:
+    """NCM logits of `features` with class means from the training features ("cl2n").
+
+    Args:
+        train_features: (N_train, D); train_labels: (N_train,); features: (N, D).
+        metric: "l2" (negative squared Euclidean distance) or "cos" (cosine similarity).
+        num_classes: C (default: max train label + 1).
+    Returns:
+        (N, C) float32, larger = closer.
+    """
+    mean, centroids = ncm_centroids(train_features, train_labels, num_classes)
+    return NCMPredictor(mean, centroids, metric)(features)
+
+
+class LinearPredictor:
+    """logits = f W^T + b (b None: no bias). `.weight` feeds the weight-norm figure."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray | None = None, **extra):
+        self.weight = np.asarray(weight, dtype=np.float32)
+        self.bias = None if bias is None else np.asarray(bias, dtype=np.float32)
+        for name, value in extra.items():  # method-specific state: tau, scales
+            setattr(self, name, value)
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        """(N, D) -> (N, C) float32."""
+        logits = np.asarray(features, dtype=np.float32) @ self.weight.T
+        return logits if self.bias is None else logits + self.bias
+
+
+class CosinePredictor:
+    """logits = s * cos(x, w_j): features and weight rows L2-normalised, s a learned scale."""
+
+    def __init__(self, weight: np.ndarray, scale: float):
+        self.weight, self.scale = np.asarray(weight, dtype=np.float32), float(scale)
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        """(N, D) -> (N, C) float32."""
+        queries = _l2_rows(np.asarray(features, dtype=np.float32))
+        return (self.scale * queries @ _l2_rows(self.weight).T).astype(np.float32)

@@ -1,0 +1,112 @@
+"""The one torch loop of the trained stage-2 methods (cRT, LWS, learned tau, cosine).
+
+Frozen features in, a few parameters out: class-balanced batches from the project's
+sampler, cross-entropy, SGD with momentum and a per-step cosine learning rate to 0.
+float32 on the CPU; every random choice comes from `seed` (sampler and initialisation),
+so the same seed and thread count give the same parameters.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lt_dist.data.sampler import BalancedSampler, SamplerConfig
+from lt_dist.dist import World
+from lt_dist.stage2.types import FeatureSplit
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one stage-2 fit."""
+
+    epochs: int = 10  # an epoch is len(train) samples, whatever the sampler (SPEC.md)
+    batch_size: int = 512
+    lr: float = 0.2  # peak learning rate; cosine to 0 over all steps
+    momentum: float = 0.9
+    strategy: str | float = "class"  # the sampler: stage 2 is class-balanced; "instance" for baselines
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr < 0:
+            raise ValueError(f"need epochs >= 0, batch_size >= 1 and lr >= 0, got {self.epochs}, "
+                             f"{self.batch_size} and {self.lr}")
+
+
+def balanced_batches(labels: np.ndarray, num_classes: int, config: TrainConfig, seed: int) -> Iterator[np.ndarray]:
+    """Row indices into `labels`, batch by batch, over all epochs.
+
+    BalancedSampler reads class j as a contiguous block of rows sorted by label, so
+    its rows are mapped back through a stable argsort of the labels.
+    Yields:
+        (<= batch_size,) int64 indices into the caller's row order.
+    """
+    order = np.argsort(labels, kind="stable")
+    counts = np.bincount(labels, minlength=num_classes)
+    sampler = BalancedSampler(counts, SamplerConfig(config.strategy, seed=seed), World(), config.batch_size)
+    for epoch in range(config.epochs):
+        for rows in sampler.worker_batches(epoch):
+            yield order[rows]
+
+
+def steps_per_epoch(num_rows: int, batch_size: int) -> int:
+    """Batches in one epoch of num_rows samples."""
+    return -(-num_rows // batch_size)
+
+
+def cosine_lr(peak: float, step: int, total_steps: int) -> float:
+    """0.5 * peak * (1 + cos(pi * step / total_steps)): peak at step 0, 0 at the end."""
+    return 0.5 * peak * (1.0 + math.cos(math.pi * step / max(total_steps, 1)))
+
+
+def train_head(param_groups: list[dict], logits_fn: Callable[[torch.Tensor], torch.Tensor], train: FeatureSplit,
+               num_classes: int, config: TrainConfig, seed: int) -> list[float]:
+    """Minimise cross-entropy of logits_fn over balanced batches of `train`; updates the params in place.
+
+    Args:
+        param_groups: torch.optim groups ({"params": [...], "weight_decay": float}).
+        logits_fn: (B, D) float32 features -> (B, C) logits.
+    Returns:
+        the loss of every step (floats; the loop runs on the CPU, .item() costs nothing).
+    """
+    optimizer = torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum)
+    total = config.epochs * steps_per_epoch(len(train.labels), config.batch_size)
+    losses = []
+    for step, rows in enumerate(balanced_batches(train.labels, num_classes, config, seed)):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(config.lr, step, total)
+        # fancy indexing copies: torch never sees the read-only memory-mapped matrix
+        features = torch.from_numpy(train.features[rows])
+        loss = F.cross_entropy(logits_fn(features), torch.from_numpy(train.labels[rows]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def uniform_init(shape: tuple[int, ...], fan_in: int, generator: torch.Generator) -> torch.Tensor:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): nn.Linear's default bounds, from a seeded generator
+    (nn.Linear itself would draw from torch's global state)."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return (torch.rand(shape, generator=generator) * 2.0 - 1.0) * bound
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with `threads` intra-op threads (None: leave as is), then restore."""
+    if threads is None:
+        yield
+        return
+    if int(threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,101 @@
+"""tune/search_stage2.py: a real Ray Tune run on small features, and its start-up checks."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import REPO
+from lt_dist.stage2 import store
+
+SCRIPT = REPO / "tune" / "search_stage2.py"
+COUNTS = np.array([300, 120, 40, 12, 5])
+
+
+def blobs(counts, rng, centers, spread=1.2):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    return centers[labels] + spread * rng.standard_normal((len(labels), centers.shape[1])), labels
+
+
+def write_features(folder, dim=12, seed=0):
+    """Long-tailed train, balanced val/test; the stage-1 W has head-heavy norms as joint training gives."""
+    rng = np.random.default_rng(seed)
+    centers = 2.5 * rng.standard_normal((len(COUNTS), dim))
+    os.makedirs(folder, exist_ok=True)
+    for split, counts in (("train", COUNTS), ("val", [20] * 5), ("test", [40] * 5)):
+        features, labels = blobs(np.asarray(counts), rng, centers)
+        store.write_split(os.path.join(folder, f"{split}.arrow"), np.arange(len(labels)),
+                          [f"{split}/{i}" for i in range(len(labels))], labels, features.astype(np.float32))
+    weight = centers * (COUNTS[:, None] / COUNTS.max()) ** 0.5
+    bias = np.log(COUNTS / COUNTS.sum()).astype(np.float32)
+    store.write_classifier(folder, weight, bias, COUNTS, [f"c{j}" for j in range(5)])
+    return folder
+
+
+def search(*args, timeout=600):
+    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_ray_tune_search_picks_on_val_and_writes_the_table(tmp_path):
+    features = write_features(tmp_path / "features")
+    out = tmp_path / "results"
+    result = search("--features", features, "--out", out, "--num-cpus", 2, "--taus", "0,0.5,1,1.5",
+                    "--lrs", "0.2", "--methods", "joint,ncm,crt,tau_norm,lws")
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = pq.read_table(out / "trials.parquet").to_pylist()
+    assert len(trials) == 1 + 2 + 1 + 4 + 1
+    assert not any(key.startswith("test_") for key in trials[0])  # trials never see test
+    best = json.loads((out / "best.json").read_text())
+    tau_trials = [t for t in trials if t["method"] == "tau_norm"]
+    assert best["tau_norm"]["val_all"] == max(t["val_all"] for t in tau_trials)
+    with open(out / "table.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0])[:5] == ["method", "many", "medium", "few", "all"]
+    assert [r["method"] for r in rows] == ["joint", "ncm", "crt", "tau_norm", "lws"]
+    for row in rows:
+        assert all(0 <= float(row[k]) <= 100 for k in ("many", "medium", "few", "all", "val_all"))
+    by_method = {r["method"]: r for r in rows}
+    assert float(by_method["crt"]["few"]) > float(by_method["joint"]["few"])  # the paper's shape
+    assert (out / "tau_curve.png").stat().st_size > 0 and (out / "weight_norms.png").stat().st_size > 0
+    assert "| cRT |" in (out / "table.md").read_text()
+
+
+def test_select_on_train_uses_the_balanced_training_estimate(tmp_path):
+    features = write_features(tmp_path / "features")
+    result = search("--features", features, "--out", tmp_path / "r", "--num-cpus", 2, "--methods", "tau_norm",
+                    "--taus", "0,1", "--select-on", "train")
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = pq.read_table(tmp_path / "r" / "trials.parquet").to_pylist()
+    assert all(t["selection_score"] == t["train_balanced"] for t in trials)
+    assert json.loads((tmp_path / "r" / "best.json").read_text())["tau_norm"]["selected_on"] == "train"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("tau", "tau must be >= 0, got -0.5"),
+    ("method", "unknown method 'svm'"),
+    ("no_classifier", "has no stage-1 classifier"),
+    ("dimension", "val features are 7-d but the classifier is 12-d"),
+    ("address", "Ray address '127.0.0.1:9' does not answer"),
+])
+def test_bad_input_fails_at_start_up(tmp_path, case, message):
+    features = write_features(tmp_path / "features")
+    args = ["--features", features, "--out", tmp_path / "r"]
+    if case == "tau":
+        args += ["--taus=-0.5,1"]
+    elif case == "method":
+        args += ["--methods", "crt,svm"]
+    elif case == "no_classifier":
+        os.remove(features / "classifier.arrow")
+    elif case == "dimension":
+        store.write_split(str(features / "val.arrow"), np.arange(3), ["a", "b", "c"], np.zeros(3, int),
+                          np.zeros((3, 7), np.float32))
+    elif case == "address":
+        args += ["--address", "127.0.0.1:9"]
+    result = search(*args, timeout=120)
+    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]

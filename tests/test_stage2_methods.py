@@ -1,0 +1,188 @@
+"""Stage-2 methods: each against its formula, and cRT on long-tailed Gaussian blobs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import lt_dist.stage2 as stage2
+from lt_dist.stage2 import heads
+from lt_dist.stage2.methods import DEFAULT_PARAMS, METHODS, SEARCH_SPACE, fit_method, resolve_params
+from lt_dist.stage2.select import evaluate_logits
+from lt_dist.stage2.training import TrainConfig, train_head, uniform_init
+from lt_dist.stage2.types import FeatureSplit, StageOneClassifier
+
+COUNTS = [500, 200, 50, 10, 5]  # many, many, medium, few, few
+DIM = 16
+
+
+def blobs(counts: list[int], seed: int, separation: float = 1.0) -> FeatureSplit:
+    """Gaussian blobs with unit noise around fixed class means (the same means for every split)."""
+    means = np.random.default_rng(0).normal(size=(len(counts), DIM)) * separation
+    labels = np.repeat(np.arange(len(counts)), counts)
+    noise = np.random.default_rng(seed).normal(size=(len(labels), DIM))
+    return FeatureSplit((means[labels] + noise).astype(np.float32), labels)
+
+
+@pytest.fixture(scope="module")
+def train() -> FeatureSplit:
+    return blobs(COUNTS, seed=1)
+
+
+@pytest.fixture(scope="module")
+def test_split() -> FeatureSplit:
+    return blobs([200] * len(COUNTS), seed=2)
+
+
+@pytest.fixture(scope="module")
+def joint(train) -> StageOneClassifier:
+    """A stage-1 classifier: linear, instance-balanced cross-entropy (biased towards the head)."""
+    generator = torch.Generator().manual_seed(0)
+    weight = uniform_init((len(COUNTS), DIM), DIM, generator).requires_grad_()
+    bias = uniform_init((len(COUNTS),), DIM, generator).requires_grad_()
+    config = TrainConfig(epochs=30, batch_size=64, lr=0.2, strategy="instance")
+    train_head([{"params": [weight, bias], "weight_decay": 5e-4}], lambda x: x @ weight.T + bias,
+               train, len(COUNTS), config, seed=0)
+    return StageOneClassifier(weight.detach().numpy(), bias.detach().numpy(), np.array(COUNTS))
+
+
+def test_tau_zero_gives_the_joint_logits_without_bias(train, joint):
+    predictor = fit_method("tau_norm", train, joint, {"tau": 0.0})
+    np.testing.assert_array_equal(predictor(train.features), train.features @ joint.weight.T)
+    np.testing.assert_array_equal(stage2.tau_normalize(joint.weight, 0.0), joint.weight)
+
+
+def test_tau_one_gives_l2_normalised_weights(train, joint):
+    predictor = fit_method("tau_norm", train, joint, {"tau": 1.0})
+    np.testing.assert_allclose(np.linalg.norm(predictor.weight, axis=1), 1.0, rtol=1e-6)
+    expected = train.features @ (joint.weight / np.linalg.norm(joint.weight, axis=1, keepdims=True)).T
+    np.testing.assert_allclose(predictor(train.features), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_tau_normalize_numpy_and_torch_agree_and_keep_their_kind():
+    weight = (np.random.default_rng(3).normal(size=(4, 6)) * [[1], [2], [5], [0.1]]).astype(np.float32)
+    out_np = stage2.tau_normalize(weight, 0.5)
+    out_t = stage2.tau_normalize(torch.from_numpy(weight).double(), 0.5)
+    assert isinstance(out_np, np.ndarray) and out_np.dtype == np.float32
+    assert isinstance(out_t, torch.Tensor) and out_t.dtype == torch.float64
+    np.testing.assert_allclose(out_np, out_t.numpy(), rtol=1e-6)
+    expected = weight / np.linalg.norm(weight, axis=1, keepdims=True) ** 0.5
+    np.testing.assert_allclose(out_np, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("tau", [-0.1, float("nan")])
+def test_negative_tau_raises_naming_the_value(train, joint, tau):
+    with pytest.raises(ValueError, match=str(tau)):
+        stage2.tau_normalize(joint.weight, tau)
+    with pytest.raises(ValueError, match="tau must be >= 0"):
+        fit_method("tau_norm", train, joint, {"tau": tau})
+
+
+def brute_force_ncm(train: FeatureSplit, queries: np.ndarray, metric: str) -> np.ndarray:
+    """Loop version of cl2n NCM, float64."""
+    mean = train.features.astype(np.float64).mean(axis=0)
+    unit = lambda v: (v - mean) / np.linalg.norm(v - mean)
+    centroids = [np.mean([unit(f) for f in train.features[train.labels == j]], axis=0)
+                 for j in range(train.labels.max() + 1)]
+    logits = np.empty((len(queries), len(centroids)))
+    for i, query in enumerate(queries):
+        for j, centroid in enumerate(centroids):
+            q = unit(query)
+            logits[i, j] = (-np.sum((q - centroid) ** 2) if metric == "l2"
+                            else q @ centroid / np.linalg.norm(centroid))
+    return logits
+
+
+@pytest.mark.parametrize("metric", ["l2", "cos"])
+def test_ncm_against_brute_force_distances(train, test_split, joint, metric):
+    queries = test_split.features[::37]
+    expected = brute_force_ncm(train, queries, metric)
+    direct = stage2.ncm_logits(train.features, train.labels, queries, metric=metric)
+    fitted = fit_method("ncm", train, joint, {"metric": metric})(queries)
+    np.testing.assert_allclose(direct, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(direct, fitted)
+    assert direct.shape == (len(queries), len(COUNTS)) and direct.dtype == np.float32
+
+
+def test_ncm_blocks_give_the_same_logits_and_empty_classes_never_win(train, test_split, monkeypatch):
+    whole = stage2.ncm_logits(train.features, train.labels, test_split.features, num_classes=len(COUNTS) + 1)
+    monkeypatch.setattr(heads, "_CHUNK", 7)  # many blocks, with a ragged last one
+    blocked = stage2.ncm_logits(train.features, train.labels, test_split.features, num_classes=len(COUNTS) + 1)
+    np.testing.assert_allclose(blocked, whole, rtol=1e-6, atol=1e-6)
+    assert np.isneginf(whole[:, -1]).all() and np.isfinite(whole[:, :-1]).all()
+
+
+def test_ncm_unknown_metric_raises(train, joint):
+    with pytest.raises(ValueError, match="'manhattan'"):
+        fit_method("ncm", train, joint, {"metric": "manhattan"})
+
+
+def test_lws_with_scales_fixed_at_one_equals_joint(train, joint):
+    lws = fit_method("lws", train, joint, {"lr": 0.0})  # lr 0: the scales never move from 1
+    np.testing.assert_array_equal(lws.scales, np.ones(len(COUNTS), dtype=np.float32))
+    np.testing.assert_array_equal(lws(train.features), fit_method("joint", train, joint)(train.features))
+
+
+def test_lws_predictor_is_the_scaled_classifier(train, joint):
+    lws = fit_method("lws", train, joint, {})
+    assert not np.allclose(lws.scales, 1.0)
+    expected = lws.scales * (train.features @ joint.weight.T + joint.bias)
+    np.testing.assert_allclose(lws(train.features), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_crt_on_separable_features_reaches_high_balanced_accuracy(train, test_split, joint):
+    joint_scores = evaluate_logits(fit_method("joint", train, joint)(test_split.features), test_split.labels,
+                                   joint.train_counts)
+    crt_scores = evaluate_logits(fit_method("crt", train, joint, {}, seed=0)(test_split.features),
+                                 test_split.labels, joint.train_counts)
+    assert crt_scores["all"] >= 90.0  # the test split is class-balanced: "all" is balanced accuracy
+    assert crt_scores["few"] > joint_scores["few"] + 10.0  # the instance-balanced joint neglects the tail
+
+
+def test_learned_tau_moves_tau_and_reports_it(train, joint):
+    predictor = fit_method("learned_tau", train, joint, {})
+    assert isinstance(predictor.tau, float) and predictor.tau != DEFAULT_PARAMS["learned_tau"]["tau_init"]
+    np.testing.assert_allclose(predictor.weight, stage2.tau_normalize(joint.weight, predictor.tau), rtol=1e-6)
+
+
+def test_cosine_logits_are_bounded_by_the_scale(train, joint):
+    predictor = fit_method("cosine", train, joint, {})
+    logits = predictor(train.features)
+    assert np.abs(logits).max() <= predictor.scale * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_runs_through_the_one_signature(train, test_split, joint, method):
+    predictor = METHODS[method](train, joint, {"threads": 1}, 0)
+    logits = predictor(test_split.features)
+    assert logits.shape == (len(test_split.labels), len(COUNTS)) and logits.dtype == np.float32
+    assert np.isfinite(logits).all()
+    for params in SEARCH_SPACE[method]:
+        resolve_params(method, params)  # every searched key is a known parameter
+
+
+@pytest.mark.parametrize("method", ["crt", "lws", "learned_tau", "cosine"])
+def test_same_seed_same_logits_other_seed_other_logits(train, joint, method):
+    run = lambda seed: fit_method(method, train, joint, {"epochs": 2}, seed=seed)(train.features)
+    np.testing.assert_array_equal(run(5), run(5))
+    assert not np.array_equal(run(5), run(6))
+
+
+def test_threads_param_is_restored_after_the_fit(train, joint):
+    before = torch.get_num_threads()
+    fit_method("crt", train, joint, {"threads": 1, "epochs": 1})
+    assert torch.get_num_threads() == before
+
+
+def test_unknown_method_and_parameter_raise_with_the_accepted_names(train, joint):
+    with pytest.raises(ValueError, match="'knn'.*joint, ncm, tau_norm, crt, lws, learned_tau, cosine"):
+        fit_method("knn", train, joint)
+    with pytest.raises(ValueError, match="'momentun'.*momentum"):
+        fit_method("crt", train, joint, {"momentun": 0.9})
+
+
+def test_search_space_matches_the_official_grids():
+    assert [p["tau"] for p in SEARCH_SPACE["tau_norm"]] == [round(0.1 * i, 1) for i in range(21)]
+    assert SEARCH_SPACE["tau_norm"][7] == {"tau": 0.7} and len(SEARCH_SPACE["tau_norm"]) == 21
+    assert [p["lr"] for p in SEARCH_SPACE["crt"]] == [p["lr"] for p in SEARCH_SPACE["lws"]] == [0.05, 0.2, 0.8]
+    assert set(SEARCH_SPACE) == set(METHODS) == set(DEFAULT_PARAMS)

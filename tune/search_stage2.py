@@ -1,0 +1,146 @@
+"""Stage 2 as Ray Tune trials: every method and setting on stored features, chosen on val.
+
+    python tune/search_stage2.py --features features/NAME [--out results/NAME]
+        [--methods joint,ncm,crt,tau_norm,lws] [--taus 0,0.5,1] [--select-on val|train]
+        [--address auto | HOST:PORT] [--num-cpus 8] [--resume]
+By default a local Ray starts; --address joins an existing cluster. Each trial fits on
+train and scores val (never test); crashed trials are retried; an interrupted search
+continues with --resume. Afterwards each method's chosen setting is refitted once and
+scored on test, and results/NAME/ gets trials.parquet, best.json, table.md/csv and
+the figures. Ray is imported here only.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+
+from lt_dist.errors import UserInputError
+
+DEFAULT_METHODS = "joint,ncm,crt,tau_norm,lws,learned_tau,cosine"
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, add_help=add_help,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--features", required=True, help="features/NAME written by `lt_dist extract`")
+    parser.add_argument("--out", help="results folder (default: results/<NAME of --features>)")
+    parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated (default: %(default)s)")
+    parser.add_argument("--taus", help="tau grid for tau_norm, comma-separated (default: 0.0, 0.1, ..., 2.0)")
+    parser.add_argument("--lrs", help="learning rates for crt/lws/learned_tau/cosine (default: each method's grid)")
+    parser.add_argument("--select-on", default="val", choices=("val", "train"),
+                        help="val split, or the training set's balanced per-class estimate (paper B.5)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every trial")
+    parser.add_argument("--address", help="join a running Ray cluster: 'auto' or HOST:PORT (default: start one)")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    parser.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs each trial holds (default: 1)")
+    parser.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs each trial holds (default: 0)")
+    parser.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial (default: 2)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted search in OUT/ray")
+    return parser
+
+
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        raise UserInputError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+
+
+def check_address(address: str) -> None:
+    """Fail fast, naming the address, when HOST:PORT does not answer ("auto" is Ray's to resolve)."""
+    if address == "auto":
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+            return
+    except (OSError, ValueError):
+        raise UserInputError(f"Ray address {address!r} does not answer (expected HOST:PORT of a running "
+                             f"cluster's head, or 'auto')") from None
+
+
+def prepare(args) -> tuple[list[dict], str]:
+    """Checks before Ray starts: features readable and consistent, trials valid; returns (trials, out)."""
+    from lt_dist.stage2.search import check_select_on, trial_list
+    from lt_dist.stage2.store import load_features
+
+    splits, _ = load_features(args.features)
+    try:
+        check_select_on(args.select_on, "val" in splits)
+        trials = trial_list([m.strip() for m in args.methods.split(",") if m.strip()],
+                            _floats(args.taus, "--taus"), _floats(args.lrs, "--lrs"))
+    except ValueError as error:
+        raise UserInputError(str(error)) from None
+    out = args.out or os.path.join("results", os.path.basename(os.path.normpath(args.features)))
+    return trials, os.path.abspath(out)
+
+
+def _trial(config: dict) -> None:
+    """One Ray Tune trial: fit, score val, report (runs in a Ray worker)."""
+    import torch
+    from ray import tune
+
+    from lt_dist.stage2.search import run_trial
+
+    torch.set_num_threads(max(1, int(config["cpus"])))
+    trial = config["trial"]
+    tune.report(run_trial(config["features"], trial["method"], trial["params"], config["seed"], config["select_on"]))
+
+
+def run_search(args, trials: list[dict], out: str) -> list[dict]:
+    """Start or join Ray, run every trial (retrying crashes), return the finished trials' metrics."""
+    import ray
+    from ray import tune
+
+    if args.address:
+        check_address(args.address)
+        try:
+            ray.init(address=args.address, log_to_driver=False)
+        except ConnectionError as error:
+            raise UserInputError(f"cannot join Ray at {args.address!r}: {error}") from None
+    else:
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    trainable = tune.with_resources(_trial, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+    storage, name = os.path.join(out, "ray"), "stage2"
+    experiment = os.path.join(storage, name)
+    if args.resume and tune.Tuner.can_restore(experiment):
+        tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
+    else:
+        space = {"trial": tune.grid_search(trials), "features": os.path.abspath(args.features),
+                 "seed": args.seed, "select_on": args.select_on, "cpus": args.cpus_per_trial}
+        tuner = tune.Tuner(trainable, param_space=space, tune_config=tune.TuneConfig(reuse_actors=True),
+                           run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1,
+                                                     failure_config=tune.FailureConfig(max_failures=args.max_failures)))
+    grid = tuner.fit()
+    failed = [result for result in grid if result.error is not None]
+    for result in failed:
+        print(f"trial failed after retries: {result.config.get('trial')}: {result.error}", file=sys.stderr)
+    ray.shutdown()
+    return [dict(result.metrics) for result in grid if result.error is None and "selection_score" in result.metrics]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        trials, out = prepare(args)
+        os.makedirs(out, exist_ok=True)
+        results = run_search(args, trials, out)
+        if not results:
+            raise UserInputError("every trial failed; see the errors above")
+        from lt_dist.report.results import write_results
+
+        table = write_results(out, args.features, results, args.seed, args.select_on)
+    except UserInputError as error:
+        print(f"search_stage2: error: {error}", file=sys.stderr)
+        return 2
+    print(table)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
