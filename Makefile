@@ -8,13 +8,18 @@ BIN := $(VENV)/bin
 EXTRAS ?= dev
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_SHARDS := shards/fashion_mnist_lt
+DEMO_RUN := runs/demo
+DEMO_FEATURES := features/demo
+DEMO_RESULTS := results/demo
+DEMO_EPOCHS ?= 20
 # Where DeepSpeed caches its JIT-compiled ops between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: help setup demo-data demo test bench clean
+.PHONY: help setup demo-data browser demo test bench clean
 
 help:
-	@echo "make demo   set up, pack Fashion-MNIST-LT and print its statistics"
+	@echo "make demo   set up, then the whole pipeline on Fashion-MNIST-LT: pack, stage 1 with"
+	@echo "            deepspeed (2 CPU processes), extract, stage-2 search with Ray, report"
 	@echo "make test   set up and run the test suite"
 	@echo "make bench  run the benchmarks under bench/ (tables + bench/results/*.json)"
 
@@ -43,8 +48,25 @@ demo: setup demo-data
 		--class-names @shards/fashion-mnist.classes --workers 2
 	$(BIN)/lt_dist verify $(DEMO_SHARDS)
 	$(BIN)/lt_dist stats $(DEMO_SHARDS) --plot $(DEMO_SHARDS)/class_counts.png
+	$(BIN)/deepspeed --num_gpus 2 launch/train_repr.py --ds_config launch/ds_demo.json \
+		--data $(DEMO_SHARDS) --out $(DEMO_RUN) --arch resnet10 --small-input \
+		--train-preset small_train --eval-preset small_eval --image-size 28 \
+		--epochs $(DEMO_EPOCHS) --sampler instance --decoder dali --workers 1 --log-every 10 \
+		$$(test -f $(DEMO_RUN)/checkpoints/latest && echo --resume)
+	$(BIN)/lt_dist extract --ckpt $(DEMO_RUN) --data $(DEMO_SHARDS) --out $(DEMO_FEATURES) --workers 1
+	$(BIN)/python tune/search_stage2.py --features $(DEMO_FEATURES) --out $(DEMO_RESULTS) --num-cpus 2
+	$(BIN)/lt_dist report $(DEMO_RESULTS)
+	@echo "open $(DEMO_RESULTS)/report.html in a browser"
 
-test: setup demo-data
+# Headless Chromium for the report test (Debian's package; needs root, as CI runs).
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium for the report test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "chromium not found: the report test will be skipped (install Debian's chromium)"; fi
+
+test: setup demo-data browser
 	FMNIST_DIR=$(FMNIST_DIR) $(BIN)/python -m pytest -q
 
 bench: EXTRAS = all
@@ -52,4 +74,4 @@ bench: setup demo-data
 	FMNIST_DIR=$(FMNIST_DIR) $(BIN)/python bench/pack.py
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache
+	rm -rf $(VENV) .cache .pytest_cache test-artifacts

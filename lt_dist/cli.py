@@ -6,6 +6,7 @@ import sys
 
 from lt_dist import __version__
 from lt_dist.commands import data as data_commands
+from lt_dist.commands import report as report_commands
 from lt_dist.commands import shards as shard_commands
 from lt_dist.errors import UserInputError
 
@@ -31,6 +32,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     subparsers.required = True
     shard_commands.add_parsers(subparsers)
     data_commands.add_parsers(subparsers)
+    report_commands.add_parsers(subparsers)
     return parser
 
 

@@ -37,7 +37,7 @@ def write_features(folder, dim=12, seed=0):
 
 
 def search(*args, timeout=600):
-    env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    env = dict(os.environ)
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 

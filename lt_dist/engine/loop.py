@@ -27,7 +27,9 @@ def train_one_epoch(engine, loader, loss_fn, *, epoch: int, num_epochs: int, log
     loss_fn.set_epoch(epoch, num_epochs)
     dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
     remaining = len(loader) - loader.batches_done
-    bar = tqdm(total=remaining, desc=f"epoch {epoch}", unit="batch", disable=not show_progress, leave=False)
+    # disable=None: a bar on a terminal, none in a log file
+    bar = tqdm(total=remaining, desc=f"epoch {epoch}", unit="batch", disable=None if show_progress else True,
+               leave=False)
     started = window_start = time.perf_counter()
     wait = window_wait = 0.0
     images_seen = window_images = 0

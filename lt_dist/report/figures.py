@@ -74,3 +74,41 @@ def plot_weight_norms(norms: dict[str, np.ndarray], train_counts: np.ndarray, pa
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
+
+
+def plot_accuracy_vs_size(per_class: dict[str, tuple[np.ndarray, np.ndarray]], path: str) -> None:
+    """Per-class test accuracy against training images per class (log x), one marker set per method.
+
+    Args:
+        per_class: {method label: ((C,) train counts, (C,) accuracy in percent)}.
+    """
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    for (name, (counts, accuracy)), marker in zip(per_class.items(), "os^vDx*"):
+        axes.scatter(np.maximum(counts, 1), accuracy, s=18, marker=marker, alpha=0.8, label=name)
+    axes.axvline(MANY_ABOVE, color="grey", linestyle="--", linewidth=0.8)
+    axes.axvline(FEW_BELOW, color="grey", linestyle=":", linewidth=0.8)
+    axes.set_xscale("log")
+    axes.set_xlabel("training images of the class")
+    axes.set_ylabel("test accuracy of the class (%)")
+    axes.set_title("per-class accuracy against class size")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def plot_table(rows: list[dict], display: dict[str, str], path: str, title: str) -> None:
+    """The Many/Medium/Few/All table as an image (for READMEs and slides)."""
+    plt = _pyplot()
+    cells = [[display.get(r["method"], r["method"]), *(f"{r[k]:.1f}" for k in ("many", "medium", "few", "all"))]
+             for r in rows]
+    figure, axes = plt.subplots(figsize=(5.2, 0.42 * (len(rows) + 2)), dpi=140)
+    axes.axis("off")
+    table = axes.table(cellText=cells, colLabels=["method", "Many", "Medium", "Few", "All"], loc="center",
+                       cellLoc="center")
+    table.scale(1, 1.3)
+    axes.set_title(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

@@ -13,7 +13,8 @@ import time
 import numpy as np
 
 from lt_dist.stage2.methods import METHODS, SEARCH_SPACE
-from lt_dist.stage2.select import balanced_train_score, evaluate_logits
+from lt_dist.metrics import per_class_accuracy
+from lt_dist.stage2.select import balanced_train_score, evaluate_logits, per_class_counts
 from lt_dist.stage2.store import load_features
 from lt_dist.stage2.types import FeatureSplit, StageOneClassifier
 
@@ -88,14 +89,20 @@ def best_per_method(results: list[dict]) -> dict[str, dict]:
     return best
 
 
-def evaluate_chosen(features_dir: str, method: str, params: dict, seed: int) -> tuple[dict, np.ndarray | None]:
+def evaluate_chosen(features_dir: str, method: str, params: dict, seed: int) -> dict:
     """Refit a chosen setting and score test once.
 
     Returns:
-        ({"test_many", ..., "test_all"} or {} without a test split, (C, D) effective
-        weights for the weight-norm figure or None for methods without weights).
+        {"scores": {"test_many", ..., "test_all"} ({} without a test split),
+         "per_class": (C,) test accuracy in percent (None without test),
+         "weight": (C, D) effective weights for the weight-norm figure, or None}.
     """
     predictor, splits, classifier, _ = _fit(features_dir, ("train", "test"), method, params, seed)
-    scores = _scores(predictor, splits["test"], classifier, "test") if "test" in splits else {}
     weight = getattr(predictor, "weight", None)
-    return scores, (None if weight is None else np.asarray(weight))
+    chosen = {"scores": {}, "per_class": None, "weight": None if weight is None else np.asarray(weight)}
+    if "test" in splits:
+        logits = predictor(splits["test"].features)
+        chosen["scores"] = _scores(predictor, splits["test"], classifier, "test")
+        correct, total = per_class_counts(logits, splits["test"].labels)
+        chosen["per_class"] = 100 * per_class_accuracy(correct, total)
+    return chosen

@@ -1,0 +1,92 @@
+"""report.html: one self-contained page (images inlined) that a browser opens without a server."""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import os
+import time
+
+import numpy as np
+
+from lt_dist.errors import UserInputError
+from lt_dist.report.figures import plot_accuracy_vs_size, plot_table
+from lt_dist.report.tables import DISPLAY, read_table_csv
+
+FIGURES = (("class_counts.png", "Training class counts (sorted, log scale)"),
+           ("tau_curve.png", "Accuracy against τ (val)"),
+           ("weight_norms.png", "Classifier weight norms, classes sorted by training count"),
+           ("accuracy_vs_size.png", "Per-class test accuracy against class size"))
+STYLE = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.35em .8em;text-align:right}
+th:first-child,td:first-child{text-align:left}figure{margin:1.5em 0}img{max-width:100%}
+.note{color:#555;font-size:.9em}"""
+
+
+def _image(path: str) -> str:
+    with open(path, "rb") as handle:
+        return "data:image/png;base64," + base64.b64encode(handle.read()).decode("ascii")
+
+
+def _per_class(results_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    path = os.path.join(results_dir, "per_class.csv")
+    if not os.path.isfile(path):
+        return {}
+    series: dict[str, tuple[list, list]] = {}
+    with open(path, encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            counts, accuracy = series.setdefault(DISPLAY.get(row["method"], row["method"]), ([], []))
+            counts.append(int(row["train_count"]))
+            accuracy.append(float(row["test_accuracy"]))
+    return {name: (np.array(c), np.array(a)) for name, (c, a) in series.items()}
+
+
+def _table_html(rows: list[dict]) -> str:
+    head = "<tr><th>method</th><th>Many</th><th>Medium</th><th>Few</th><th>All</th><th>val All</th><th>setting</th></tr>"
+    body = []
+    for row in rows:
+        params = json.loads(row["params"]) if row.get("params") else {}
+        setting = ", ".join(f"{k}={v}" for k, v in params.items()) or "–"
+        cells = "".join(f"<td>{row[k]:.1f}</td>" for k in ("many", "medium", "few", "all", "val_all"))
+        body.append(f"<tr><td>{html.escape(DISPLAY.get(row['method'], row['method']))}</td>{cells}"
+                    f"<td>{html.escape(setting)}</td></tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def build_report(results_dir: str, out: str | None = None) -> str:
+    """Render results_dir/report.html (and table.png, accuracy_vs_size.png); returns its path."""
+    table_csv = os.path.join(results_dir, "table.csv")
+    if not os.path.isfile(table_csv):
+        raise UserInputError(f"{results_dir!r} has no table.csv: run tune/search_stage2.py first")
+    rows = read_table_csv(table_csv)
+    info_path = os.path.join(results_dir, "search.json")
+    info = json.load(open(info_path, encoding="utf-8")) if os.path.isfile(info_path) else {}
+    per_class = _per_class(results_dir)
+    if per_class:
+        plot_accuracy_vs_size(per_class, os.path.join(results_dir, "accuracy_vs_size.png"))
+    name = os.path.basename(os.path.normpath(results_dir))
+    plot_table(rows, DISPLAY, os.path.join(results_dir, "table.png"), f"{name}: top-1 (%), test, chosen on val")
+    figures = "".join(f'<figure><img alt="{html.escape(caption)}" src="{_image(os.path.join(results_dir, file))}">'
+                      f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+                      for file, caption in FIGURES if os.path.isfile(os.path.join(results_dir, file)))
+    counts = info.get("train_counts")
+    facts = (f"{len(counts)} classes, {sum(counts):,} training images, {max(counts)} to {min(counts)} per class; "
+             if counts else "")
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>lt-dist report: {html.escape(name)}</title>
+<style>{STYLE}</style></head><body>
+<h1>lt-dist report: {html.escape(name)}</h1>
+<p class="note">{html.escape(facts)}{info.get('trials', '?')} stage-2 trials, settings chosen on
+{html.escape(info.get('select_on', 'val'))}; test evaluated once per chosen setting.
+Many-shot: more than 100 training images, few-shot: fewer than 20.</p>
+<h2>Many / Medium / Few / All (test top-1, %)</h2>
+{_table_html(rows)}
+{figures}
+<p class="note">Generated {time.strftime('%Y-%m-%d %H:%M')} by <code>lt_dist report</code>.</p>
+</body></html>
+"""
+    path = out or os.path.join(results_dir, "report.html")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(page)
+    return path
