@@ -99,3 +99,39 @@ def test_bad_input_fails_at_start_up(tmp_path, case, message):
         args += ["--address", "127.0.0.1:9"]
     result = search(*args, timeout=120)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+
+
+def test_interrupted_search_resumes(tmp_path):
+    """SIGKILL the driver once some trials finished; --resume restores the experiment and completes it."""
+    import signal
+    import time
+
+    features = write_features(tmp_path / "features")
+    out = tmp_path / "r"
+    args = [sys.executable, str(SCRIPT), "--features", str(features), "--out", str(out), "--num-cpus", "1",
+            "--methods", "crt", "--lrs", "0.01,0.02,0.05,0.1,0.2,0.4", "--set", "crt.epochs=300"]
+    driver = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    experiment = out / "ray" / "stage2"
+    deadline = time.time() + 300
+    while time.time() < deadline and driver.poll() is None:
+        done = [p for p in experiment.glob("_trial_*/result.json") if p.stat().st_size > 0]
+        if done:
+            os.killpg(driver.pid, signal.SIGKILL)
+            break
+        time.sleep(0.1)
+    driver.wait()
+    assert driver.returncode == -signal.SIGKILL, "the search finished before it could be interrupted"
+    assert not (out / "table.csv").exists()
+    result = subprocess.run(args + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Restoring the run" in result.stderr + result.stdout
+    trials = pq.read_table(out / "trials.parquet").to_pylist()
+    assert sorted(json.loads(t["params"])["lr"] for t in trials) == [0.01, 0.02, 0.05, 0.1, 0.2, 0.4]
+    assert all(json.loads(t["params"])["epochs"] == 300 for t in trials)
+
+
+def test_set_rejects_unknown_parameters(tmp_path):
+    features = write_features(tmp_path / "features")
+    result = search("--features", features, "--methods", "crt", "--set", "crt.epoch=3", timeout=120)
+    assert result.returncode == 2 and "unknown parameter(s) 'epoch' for 'crt'" in result.stderr

@@ -29,6 +29,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated (default: %(default)s)")
     parser.add_argument("--taus", help="tau grid for tau_norm, comma-separated (default: 0.0, 0.1, ..., 2.0)")
     parser.add_argument("--lrs", help="learning rates for crt/lws/learned_tau/cosine (default: each method's grid)")
+    parser.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
+                        help="fix a parameter in every trial of a method, repeatable: crt.epochs=30, "
+                        "lws.batch_size=256 (iNaturalist: crt.epochs=30)")
     parser.add_argument("--select-on", default="val", choices=("val", "train"),
                         help="val split, or the training set's balanced per-class estimate (paper B.5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every trial")
@@ -50,6 +53,27 @@ def _floats(text: str | None, flag: str) -> list[float] | None:
         raise UserInputError(f"{flag} takes comma-separated numbers, got {text!r}") from None
 
 
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """["crt.epochs=30"] -> {"crt": {"epochs": 30}} (ints, floats, true/false, else text)."""
+    overrides: dict[str, dict] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        method, dot, param = key.partition(".")
+        if not (sep and dot and method and param):
+            raise UserInputError(f"--set takes METHOD.PARAM=VALUE, got {item!r}")
+        value: object = text
+        for convert in (int, float):
+            try:
+                value = convert(text)
+                break
+            except ValueError:
+                continue
+        if text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        overrides.setdefault(method, {})[param] = value
+    return overrides
+
+
 def check_address(address: str) -> None:
     """Fail fast, naming the address, when HOST:PORT does not answer ("auto" is Ray's to resolve)."""
     if address == "auto":
@@ -65,14 +89,22 @@ def check_address(address: str) -> None:
 
 def prepare(args) -> tuple[list[dict], str]:
     """Checks before Ray starts: features readable and consistent, trials valid; returns (trials, out)."""
+    from lt_dist.stage2.methods import resolve_params
     from lt_dist.stage2.search import check_select_on, trial_list
     from lt_dist.stage2.store import load_features
 
     splits, _ = load_features(args.features)
+    overrides = parse_overrides(args.set)
     try:
         check_select_on(args.select_on, "val" in splits)
         trials = trial_list([m.strip() for m in args.methods.split(",") if m.strip()],
                             _floats(args.taus, "--taus"), _floats(args.lrs, "--lrs"))
+        for trial in trials:
+            trial["params"].update(overrides.get(trial["method"], {}))
+            resolve_params(trial["method"], trial["params"])  # unknown parameter names fail here
+        unused = set(overrides) - {trial["method"] for trial in trials}
+        if unused:
+            raise ValueError(f"--set names method {sorted(unused)[0]!r}, which this search does not run")
     except ValueError as error:
         raise UserInputError(str(error)) from None
     out = args.out or os.path.join("results", os.path.basename(os.path.normpath(args.features)))
