@@ -103,12 +103,11 @@ def plot_table(rows: list[dict], display: dict[str, str], path: str, title: str)
     plt = _pyplot()
     cells = [[display.get(r["method"], r["method"]), *(f"{r[k]:.1f}" for k in ("many", "medium", "few", "all"))]
              for r in rows]
-    figure, axes = plt.subplots(figsize=(5.2, 0.42 * (len(rows) + 2)), dpi=140)
+    figure, axes = plt.subplots(figsize=(5.2, 0.28 * (len(rows) + 2)), dpi=140)
     axes.axis("off")
     table = axes.table(cellText=cells, colLabels=["method", "Many", "Medium", "Few", "All"], loc="center",
                        cellLoc="center")
     table.scale(1, 1.3)
     axes.set_title(title, fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path)
+    figure.savefig(path, bbox_inches="tight")
     plt.close(figure)
