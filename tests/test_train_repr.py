@@ -115,6 +115,24 @@ def test_sigkill_mid_epoch_and_resume_gives_the_same_weights(shards, tmp_path):
         assert torch.equal(expected[name], actual[name]), name
 
 
+@pytest.mark.parametrize("launcher", ["torchrun", "python"])
+def test_starts_under_torchrun_and_as_a_plain_process(shards, tmp_path, launcher):
+    run = tmp_path / "run"
+    script = [str(SCRIPT), "--ds_config", str(shards / "ds.json"), "--data", str(shards / "ds"), "--out", str(run),
+              *TINY, "--epochs", "1", "--workers", "0"]
+    if launcher == "torchrun":
+        command = [str(LAUNCHER.parent / "torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()),
+                   *script]
+    else:
+        command = [sys.executable, *script]
+    result = subprocess.run(command, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "config.json").read_text())["world_size"] == (2 if launcher == "torchrun" else 1)
+    assert (run / "test_metrics.json").exists()
+    state = torch.load(next((run / "checkpoints").glob("gs*/mp_rank_00_model_states.pt")), weights_only=False)
+    assert state["epoch"] == 0 and state["loader"]["epoch"] == 1 and "ds_config" in state
+
+
 def run_main(args, capsys):
     sys.path.insert(0, str(REPO / "launch"))
     try:

@@ -116,8 +116,9 @@ def run_stage1(config: TrainConfig, ds_config_path: str) -> dict:
     def save(end_of_epoch: bool) -> None:
         epoch = train_loader.epoch - (1 if end_of_epoch else 0)
         tag = ckpt.checkpoint_tag(engine.global_steps, epoch, end_of_epoch)
-        ds.save_checkpoint(engine, ckpt_dir, tag, {"loader": train_loader.state_dict(), "best": best,
-                                                   "config": to_dict(config)})
+        ds.save_checkpoint(engine, ckpt_dir, tag, {
+            "epoch": epoch, "global_step": engine.global_steps, "loader": train_loader.state_dict(),
+            "best": best, "config": to_dict(config), "ds_config": ds_config})
         dist.barrier()
         if world.is_main:
             ckpt.prune_checkpoints(ckpt_dir, config.keep_checkpoints)
