@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from lt_dist.config import TrainConfig
 from lt_dist.errors import UserInputError
@@ -76,6 +77,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
+    # DeepSpeed 0.19's ZeRO calls a torch collective torch 2.14 marks deprecated, once per step
+    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated")
     from lt_dist.engine.stage1 import run_stage1  # after parsing: --help stays fast
 
     try:
