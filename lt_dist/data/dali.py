@@ -6,14 +6,20 @@ importing this module costs nothing and works where DALI is not installed.
 The pipeline is fed by fn.external_source from a Python generator (pull mode):
     # batches -> list[(bytes, int)], at most batch_size long
     # -> external_source -> (encoded uint8 1-D per sample, label int64 scalar)
-    # -> decode (+random crop) -> resize -> [colour twist] -> crop/mirror/normalise
-and read back with DALIGenericIterator(size=-1), which runs until the generator is
-exhausted. DALI accepts batches smaller than the pipeline's batch_size, so the
-last, short batch comes out as it went in: no padding, nothing dropped or repeated.
+DALI accepts batches smaller than the pipeline's batch_size, so the last, short
+batch comes out as it went in: no padding, nothing dropped or repeated.
 
-Decoding is "mixed" (nvJPEG on the GPU) when torch sees CUDA, else "cpu" with
-device_id=None. The choice is made up front: DALI raises at build time for a GPU
-pipeline without CUDA, and catching that would hide real misconfiguration.
+Two graphs, one per decode device:
+    "mixed" (a GPU, nvJPEG): everything in DALI (build_pipeline), read back with
+        DALIGenericIterator(size=-1), which runs until the generator is exhausted:
+        decode (+random crop) -> resize -> [colour twist] -> crop/mirror/normalise
+    "cpu": DALI decodes and draws the random numbers (build_host_pipeline), torch
+        does the rest in the same order (hostfinish.HostFinish, which says why:
+        DALI's CPU resize alone costs three times the decode).
+
+Decoding is "mixed" when torch sees CUDA, else "cpu" with device_id=None. The
+choice is made up front: DALI raises at build time for a GPU pipeline without
+CUDA, and catching that would hide real misconfiguration.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lt_dist.data.hostfinish import JITTER_DRAWS, HostFinish
 from lt_dist.data.presets import Preset
 
 DEVICES = ("cpu", "mixed")
@@ -64,15 +71,7 @@ def _train_graph(encoded: Any, preset: Preset, device: str) -> tuple[Any, dict[s
     """
     from nvidia.dali import fn, types
 
-    # Decodes only the crop window where the format allows (JPEG ROI decoding).
-    images = fn.decoders.image_random_crop(
-        encoded,
-        device=device,
-        output_type=types.RGB,
-        random_area=list(preset.scale),
-        random_aspect_ratio=list(preset.ratio),
-        num_attempts=10,  # torchvision's RandomResizedCrop also tries 10 times
-    )
+    images = _random_crop_decode(encoded, preset, device)
     images = fn.resize(
         images,
         resize_x=preset.crop_size,
@@ -81,16 +80,57 @@ def _train_graph(encoded: Any, preset: Preset, device: str) -> tuple[Any, dict[s
         antialias=True,  # torchvision's antialias=True: downscaling filters over the footprint
     )
     if preset.color_jitter > 0:
-        # One fixed order (DALI's colour twist), unlike torchvision's random order;
-        # DALI's contrast pivots on mid-grey, torchvision's on the image's mean grey.
-        jitter = [1.0 - preset.color_jitter, 1.0 + preset.color_jitter]
-        images = fn.color_twist(
-            images,
-            brightness=fn.random.uniform(range=jitter),
-            contrast=fn.random.uniform(range=jitter),
-            saturation=fn.random.uniform(range=jitter),
-        )
+        images = _color_twist(images, preset)
     return images, {}
+
+
+def _random_crop_decode(encoded: Any, preset: Preset, device: str) -> Any:
+    """DALI node: the RandomResizedCrop window of each image, decoded alone (uint8 HWC)."""
+    from nvidia.dali import fn, types
+
+    # Decodes only the crop window where the format allows (JPEG ROI decoding).
+    return fn.decoders.image_random_crop(
+        encoded,
+        device=device,
+        output_type=types.RGB,
+        random_area=list(preset.scale),
+        random_aspect_ratio=list(preset.ratio),
+        num_attempts=10,  # torchvision's RandomResizedCrop also tries 10 times
+    )
+
+
+def _color_twist(images: Any, preset: Preset) -> Any:
+    """DALI node: brightness, contrast, saturation factors uniform in [1 - j, 1 + j].
+
+    One fixed order (DALI's colour twist), unlike torchvision's random order;
+    DALI's contrast pivots on mid-grey, torchvision's on the image's mean grey.
+    """
+    from nvidia.dali import fn
+
+    jitter = [1.0 - preset.color_jitter, 1.0 + preset.color_jitter]
+    return fn.color_twist(
+        images,
+        brightness=fn.random.uniform(range=jitter),
+        contrast=fn.random.uniform(range=jitter),
+        saturation=fn.random.uniform(range=jitter),
+    )
+
+
+def _host_graph(encoded: Any, preset: Preset) -> tuple[Any, list[Any]]:
+    """DALI graph of the CPU path: encoded bytes -> (uint8 HWC image to resize, per-sample draws).
+
+    Train: the crop window, decoded alone, and the draws hostfinish.extra_outputs
+    names (flip coin, jitter factors), which HostFinish applies; eval: the whole image.
+    """
+    from nvidia.dali import fn, types
+
+    if not preset.train:
+        return fn.decoders.image(encoded, device="cpu", output_type=types.RGB), []
+    draws = [fn.random.coin_flip(probability=0.5)] if preset.flip else []
+    if preset.color_jitter > 0:
+        jitter = [1.0 - preset.color_jitter, 1.0 + preset.color_jitter]
+        draws += [fn.random.uniform(range=jitter) for _ in JITTER_DRAWS]
+    return _random_crop_decode(encoded, preset, "cpu"), draws  # in extra_outputs(preset) order
 
 
 def _eval_graph(encoded: Any, preset: Preset, device: str) -> tuple[Any, dict[str, Any]]:
@@ -163,6 +203,14 @@ def _normalize_graph(images: Any, preset: Preset, window: dict[str, Any]) -> Any
     )
 
 
+def _inputs(source: Iterator[tuple[list, list]]) -> tuple[Any, Any]:
+    """DALI nodes (encoded uint8 1-D, label int64 scalar) fed from `source` (see _feed)."""
+    from nvidia.dali import fn, types
+
+    return fn.external_source(source=source, num_outputs=2, batch=True,
+                              dtype=[types.UINT8, types.INT64], ndim=[1, 0])
+
+
 def build_pipeline(
     source: Iterator[tuple[list, list]],
     preset: Preset,
@@ -177,7 +225,7 @@ def build_pipeline(
     `source` yields external_source batches (see _feed). With device "mixed" both
     outputs are on the GPU (torch's current device), else on the CPU.
     """
-    from nvidia.dali import Pipeline, fn, types
+    from nvidia.dali import Pipeline
 
     device_id = torch.cuda.current_device() if device == "mixed" else None
     pipe = Pipeline(
@@ -188,19 +236,37 @@ def build_pipeline(
         prefetch_queue_depth=prefetch,
     )
     with pipe:
-        encoded, labels = fn.external_source(
-            source=source,
-            num_outputs=2,
-            batch=True,
-            dtype=[types.UINT8, types.INT64],
-            ndim=[1, 0],
-        )
+        encoded, labels = _inputs(source)
         graph = _train_graph if preset.train else _eval_graph
         images, window = graph(encoded, preset, device)
         images = _normalize_graph(images, preset, window)
         if device == "mixed":
             labels = labels.gpu()  # next to the images, so the loss needs no copy
         pipe.set_outputs(images, labels)
+    pipe.build()
+    return pipe
+
+
+def build_host_pipeline(
+    source: Iterator[tuple[list, list]],
+    preset: Preset,
+    batch_size: int,
+    num_threads: int,
+    seed: int,
+    prefetch: int,
+) -> Any:
+    """A built CPU DALI Pipeline with outputs (uint8 HWC images to resize, labels int64, *draws).
+
+    The first stage of the CPU path (see _host_graph); hostfinish.HostFinish does the rest.
+    """
+    from nvidia.dali import Pipeline
+
+    pipe = Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=None, seed=seed,
+                    prefetch_queue_depth=prefetch)
+    with pipe:
+        encoded, labels = _inputs(source)
+        images, draws = _host_graph(encoded, preset)
+        pipe.set_outputs(images, labels, *draws)
     pipe.build()
     return pipe
 
@@ -216,7 +282,9 @@ class DaliDecoder:
     Augmentation is deterministic given `seed` and the input order.
 
     `prefetch` batches are decoded ahead, so the input iterable is read up to
-    `prefetch` batches before their results are returned.
+    `prefetch` batches before their results are returned. On the CPU a new batch
+    may reuse the memory of an earlier one that nothing refers to any more
+    (hostfinish.BatchPool); batches the caller still holds are never touched.
     """
 
     def __init__(
@@ -226,11 +294,9 @@ class DaliDecoder:
         batch_size: int,
         num_threads: int = 2,
         seed: int = 0,
-        prefetch: int = 2,
+        prefetch: int = 4,  # 2 -> 4: +10% on the 2-core CPU path (host stage and DALI threads overlap)
         device: str | None = None,
     ) -> None:
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator
-
         if batch_size < 1 or num_threads < 1 or prefetch < 1:
             raise ValueError(
                 f"batch_size, num_threads and prefetch must be >= 1, "
@@ -239,16 +305,22 @@ class DaliDecoder:
         self.preset = preset
         self.batch_size = batch_size
         self.device = resolve_device(device)
-        self._pipe = build_pipeline(
-            _feed(batches, batch_size), preset, batch_size, num_threads, seed, prefetch, self.device
-        )
+        feed = _feed(batches, batch_size)
+        self._done = False
+        if self.device == "cpu":
+            self._pipe = build_host_pipeline(feed, preset, batch_size, num_threads, seed, prefetch)
+            self._finish = HostFinish(preset, batch_size)
+            return
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        self._pipe = build_pipeline(feed, preset, batch_size, num_threads, seed, prefetch, self.device)
         # size=-1: run until external_source's generator is exhausted (no epoch
         # length, no last-batch padding policy). prepare_first_batch=False: read no
         # input before the first next().
         self._iterator = DALIGenericIterator(
             self._pipe, ["images", "labels"], size=-1, prepare_first_batch=False
         )
-        self._done = False
+        self._finish = None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self
@@ -257,8 +329,14 @@ class DaliDecoder:
         if self._done:
             raise StopIteration
         try:
-            outputs = next(self._iterator)[0]  # one pipeline: a list of one dict
+            if self._finish is None:
+                outputs = next(self._iterator)[0]  # one pipeline: a list of one dict
+                return outputs["images"], outputs["labels"]
+            # run() returns the prefetched batches, then raises StopIteration once
+            # the generator is exhausted and the queue is empty.
+            images, labels, *draws = self._pipe.run()
         except StopIteration:
             self._done = True
             raise
-        return outputs["images"], outputs["labels"]
+        batch = self._finish(images, [draw.as_array() for draw in draws])
+        return batch, torch.from_numpy(np.array(labels.as_array(), dtype=np.int64))
