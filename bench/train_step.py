@@ -32,6 +32,7 @@ def ds_engine(model: torch.nn.Module, batch: int, lr: float):
 
     ds.init_distributed()
     config = ds.resolve_ds_config({"train_batch_size": batch, "zero_optimization": {"stage": 1},
+                                   "bf16": {"enabled": True},  # switched off on a CPU
                                    "zero_allow_untested_optimizer": True, "steps_per_print": 10**9,
                                    "optimizer": {"type": "SGD", "params": {"lr": lr, "momentum": 0.9,
                                                                            "weight_decay": 5e-4}}},
@@ -55,20 +56,30 @@ def compare(args) -> dict:
     plain_model = build_model(args.arch, 10, small_input=args.size <= 64)
     ds_model = build_model(args.arch, 10, small_input=args.size <= 64)
     ds_model.load_state_dict(plain_model.state_dict())
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    plain_model.to(device)
     optimizer = torch.optim.SGD(plain_model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     engine = ds_engine(ds_model, args.batch, 0.1)
     loss_fn = torch.nn.CrossEntropyLoss()
-    batches = [(torch.randn(args.batch, 3, args.size, args.size), torch.randint(0, 10, (args.batch,)))
-               for _ in range(4)]
+    batches = [(torch.randn(args.batch, 3, args.size, args.size, device=device),
+                torch.randint(0, 10, (args.batch,), device=device)) for _ in range(4)]
 
     def plain_step(images, labels):
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(plain_model(images), labels).backward()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):  # bf16 as DeepSpeed on a GPU
+            loss = loss_fn(plain_model(images), labels)
+        loss.backward()
         optimizer.step()
+        if cuda:
+            torch.cuda.synchronize()  # time the work, not the launch
 
     def deepspeed_step(images, labels):
-        engine.backward(loss_fn(engine(images), labels))
+        dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
+        engine.backward(loss_fn(engine(images.to(dtype)).float(), labels))
         engine.step()
+        if cuda:
+            torch.cuda.synchronize()
 
     times = {"plain PyTorch": 0.0, "DeepSpeed (ZeRO 1)": 0.0}
     for _ in range(args.blocks):  # alternate: noise hits both alike
