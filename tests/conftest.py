@@ -26,6 +26,21 @@ def jpeg_bytes(rng: np.random.Generator, width: int = 40, height: int = 30, qual
     return buffer.getvalue()
 
 
+def encode_image(pixels: np.ndarray, fmt: str = "JPEG", **options) -> bytes:
+    """Encoded bytes of a uint8 (H, W[, 3]) array."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def china() -> np.ndarray:
+    """scikit-learn's sample photograph, uint8 (427, 640, 3)."""
+    from sklearn.datasets import load_sample_images
+
+    return load_sample_images().images[0]
+
+
 def make_image_folder(root: Path, counts: list[int], seed: int = 0, size=(40, 30)) -> Path:
     """ROOT/class_XX/img_YYYY.jpg with counts[j] images in class j."""
     rng = np.random.default_rng(seed)

@@ -1,7 +1,6 @@
 """The DALI decoder on the CPU: agreement with torchvision, batching, determinism."""
 from __future__ import annotations
 
-import io
 import pathlib
 import re
 
@@ -12,24 +11,12 @@ from PIL import Image
 
 pytest.importorskip("nvidia.dali")
 
+from conftest import encode_image  # noqa: E402
 from lt_dist.data.dali import DaliDecoder, resolve_device  # noqa: E402
 from lt_dist.data.presets import Preset, get_preset  # noqa: E402
 from lt_dist.data.tvdecode import decode_sample  # noqa: E402
 
 
-def _encode(pixels: np.ndarray, fmt: str = "JPEG", **options) -> bytes:
-    """Encoded bytes of a uint8 (H, W[, 3]) array."""
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def china() -> np.ndarray:
-    """The scikit-learn sample photo, uint8 (427, 640, 3)."""
-    from sklearn.datasets import load_sample_images
-
-    return load_sample_images().images[0]
 
 
 def _decode_one(data: bytes, preset: Preset, **options) -> torch.Tensor:
@@ -51,7 +38,7 @@ def _unnormalize(images: torch.Tensor, preset: Preset) -> torch.Tensor:
 
 def test_eval_matches_torchvision_on_a_photo(china):
     """Seen: max 0.0175 (one grey level / std), mean 0.0024: same JPEG decoder, same geometry."""
-    data = _encode(china, quality=95)
+    data = encode_image(china, quality=95)
     preset = get_preset("imagenet_eval")
     ours = _decode_one(data, preset)
     assert ours.shape == (3, 224, 224) and ours.dtype == torch.float32
@@ -64,7 +51,7 @@ def test_eval_matches_torchvision_on_a_photo(china):
 def test_eval_geometry_matches_torchvision(china, height, width):
     """Sizes where DALI's own rounding (resize_shorter, crop_pos) would differ by a pixel."""
     pixels = np.asarray(Image.fromarray(china).resize((width, height), Image.BILINEAR))
-    data = _encode(pixels, "PNG")
+    data = encode_image(pixels, "PNG")
     preset = get_preset("imagenet_eval")
     diff = (_decode_one(data, preset) - _tv(data, preset)).abs()
     assert diff.mean() < 0.005 and diff.max() < 0.05
@@ -73,7 +60,7 @@ def test_eval_geometry_matches_torchvision(china, height, width):
 def test_exif_orientation_matches_torchvision(china):
     exif = Image.Exif()
     exif[0x0112] = 6  # display rotated 90 degrees clockwise
-    data = _encode(china, quality=95, exif=exif.tobytes())
+    data = encode_image(china, quality=95, exif=exif.tobytes())
     preset = get_preset("imagenet_eval", crop_size=200)
     diff = (_decode_one(data, preset) - _tv(data, preset)).abs()
     assert diff.mean() < 0.01
@@ -81,7 +68,7 @@ def test_exif_orientation_matches_torchvision(china):
 
 def test_grayscale_png_small_eval_is_identity():
     pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
-    data = _encode(pixels, "PNG")
+    data = encode_image(pixels, "PNG")
     preset = get_preset("small_eval", size=28)
     out = _unnormalize(_decode_one(data, preset), preset)
     expected = torch.from_numpy(pixels).float().div(255).expand(3, 28, 28)
@@ -91,7 +78,7 @@ def test_grayscale_png_small_eval_is_identity():
 
 
 def test_train_shapes_dtypes_and_range(china):
-    data = _encode(china, quality=90)
+    data = encode_image(china, quality=90)
     preset = get_preset("imagenet_train")
     images, labels = next(DaliDecoder([[(data, 5)] * 4], preset, batch_size=4, device="cpu"))
     assert images.shape == (4, 3, 224, 224) and images.dtype == torch.float32
@@ -104,7 +91,7 @@ def test_train_shapes_dtypes_and_range(china):
 
 def test_train_flip_is_a_coin(china):
     """Full-image crop (scale 1, the image's own ratio), no jitter: output is the image or its mirror."""
-    data = _encode(china[:256, :256], "PNG")
+    data = encode_image(china[:256, :256], "PNG")
     preset = Preset(name="flip", train=True, crop_size=256, resize_size=256,
                     scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=True)
     images, _ = next(DaliDecoder([[(data, 0)] * 16], preset, batch_size=16, device="cpu"))
@@ -117,7 +104,7 @@ def test_train_flip_is_a_coin(china):
 
 def _samples(china: np.ndarray, count: int) -> list[tuple[bytes, int]]:
     """`count` distinct JPEGs (shifted crops of the photo), labelled 100, 101, ..."""
-    return [(_encode(china[i : i + 300, 2 * i : 2 * i + 400], quality=90), 100 + i) for i in range(count)]
+    return [(encode_image(china[i : i + 300, 2 * i : 2 * i + 400], quality=90), 100 + i) for i in range(count)]
 
 
 def test_variable_last_batch_nothing_dropped_or_repeated(china):

@@ -9,30 +9,18 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from conftest import encode_image
 from lt_dist.data.presets import Preset, get_preset
 from lt_dist.data.tvdecode import TorchvisionDecoder, decode_rgb, decode_sample, random_resized_crop_params
 
 
-def _encode(pixels: np.ndarray, fmt: str = "JPEG", **options) -> bytes:
-    """Encoded bytes of a uint8 (H, W[, 3]) array."""
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def china() -> np.ndarray:
-    """The scikit-learn sample photo, uint8 (427, 640, 3)."""
-    from sklearn.datasets import load_sample_images
-
-    return load_sample_images().images[0]
 
 
 @pytest.fixture(scope="module")
 def fmnist_png() -> bytes:
     """A Fashion-MNIST-like 28x28 grayscale PNG."""
     pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
-    return _encode(pixels, "PNG")
+    return encode_image(pixels, "PNG")
 
 
 def _unnormalize(images: torch.Tensor, preset: Preset) -> torch.Tensor:
@@ -42,7 +30,7 @@ def _unnormalize(images: torch.Tensor, preset: Preset) -> torch.Tensor:
 
 
 def test_eval_equals_torchvision_transforms(china):
-    data = _encode(china, quality=95)
+    data = encode_image(china, quality=95)
     preset = get_preset("imagenet_eval")
     reference = v2.Compose([
         v2.Resize(256, antialias=True), v2.CenterCrop(224),
@@ -55,7 +43,7 @@ def test_eval_equals_torchvision_transforms(china):
 
 def test_eval_is_close_to_pil(china):
     """torchvision's antialiased tensor resize approximates PIL's bilinear resize."""
-    data = _encode(china, quality=95)
+    data = encode_image(china, quality=95)
     preset = get_preset("imagenet_eval")
     pil = Image.open(io.BytesIO(data)).convert("RGB").resize((383, 256), Image.BILINEAR)
     left, top = 80, 16  # torchvision's CenterCrop offsets for 383x256 -> 224
@@ -85,7 +73,7 @@ def test_crop_params_fallback_is_central():
 
 
 def test_train_shapes_range_and_randomness(china):
-    data = _encode(china, quality=90)
+    data = encode_image(china, quality=90)
     preset = get_preset("imagenet_train")
     generator = torch.Generator().manual_seed(0)
     outs = torch.stack([decode_sample(data, preset, generator) for _ in range(4)])
@@ -113,13 +101,13 @@ def test_grayscale_png_becomes_three_equal_channels(fmnist_png):
 def test_lossless_formats_decode_exactly(china):
     expected = torch.from_numpy(china[:64, :80].copy()).permute(2, 0, 1)
     for fmt in ("BMP", "PNG"):
-        assert torch.equal(decode_rgb(_encode(china[:64, :80], fmt)), expected)
+        assert torch.equal(decode_rgb(encode_image(china[:64, :80], fmt)), expected)
 
 
 def test_exif_orientation_is_applied(china):
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways: display rotated 90 degrees clockwise
-    data = _encode(china[:64, :80], "PNG", exif=exif.tobytes())
+    data = encode_image(china[:64, :80], "PNG", exif=exif.tobytes())
     out = decode_rgb(data)
     assert out.shape == (3, 80, 64)
     assert torch.equal(out, torch.from_numpy(china[:64, :80].copy()).permute(2, 0, 1).rot90(-1, dims=(1, 2)))
@@ -127,7 +115,7 @@ def test_exif_orientation_is_applied(china):
 
 def _samples(china: np.ndarray, count: int) -> list[tuple[bytes, int]]:
     """`count` distinct JPEGs (shifted crops of the photo), labelled 100, 101, ..."""
-    return [(_encode(china[i : i + 300, 2 * i : 2 * i + 400], quality=90), 100 + i) for i in range(count)]
+    return [(encode_image(china[i : i + 300, 2 * i : 2 * i + 400], quality=90), 100 + i) for i in range(count)]
 
 
 def test_decoder_variable_last_batch_in_order(china):
