@@ -15,13 +15,14 @@ DEMO_EPOCHS ?= 20
 # Where DeepSpeed caches its JIT-compiled ops between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: help setup demo-data browser demo test bench clean
+.PHONY: help setup demo-data browser demo test bench bench-fashion-lt clean
 
 help:
 	@echo "make demo   set up, then the whole pipeline on Fashion-MNIST-LT: pack, stage 1 with"
 	@echo "            deepspeed (2 CPU processes), extract, stage-2 search with Ray, report"
 	@echo "make test   set up and run the test suite"
 	@echo "make bench  run the benchmarks under bench/ (tables + bench/results/*.json)"
+	@echo "make bench-fashion-lt   the seeds x samplers table of the README (about an hour)"
 
 setup: $(VENV)/.installed-$(EXTRAS)
 
@@ -72,6 +73,14 @@ test: setup demo-data browser
 bench: EXTRAS = all
 bench: setup demo-data
 	FMNIST_DIR=$(FMNIST_DIR) $(BIN)/python bench/pack.py
+	$(BIN)/python bench/loader.py
+	$(BIN)/python bench/loader_scale.py
+	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/stage2.py
+
+# About an hour on 2 cores: the demo pipeline over 3 seeds and 4 stage-1 samplers/losses.
+bench-fashion-lt: setup demo-data
+	$(BIN)/python bench/fashion_lt.py --epochs 12
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache test-artifacts
