@@ -42,7 +42,7 @@ def run_sample_stats(args) -> int:
 
     if args.draws < 1:
         raise UserInputError(f"--draws must be >= 1, got {args.draws}")
-    split_dir = resolve_split(args.path, None if _is_split(args.path) else args.split)
+    split_dir = resolve_split(args.path, args.split)  # a split folder is taken as it is
     counts = load_manifest(split_dir).samples_per_class
     strategy = args.sampler if not _is_number(args.sampler) else float(args.sampler)
     config = SamplerConfig(strategy, args.seed, args.epochs, "pad", args.draws, args.draw)
@@ -58,12 +58,6 @@ def run_sample_stats(args) -> int:
     table = share_table(counts, target, labels)
     print(json.dumps(table, indent=1) if args.json else format_share_table(table, len(rows)))
     return 0
-
-
-def _is_split(path: str) -> bool:
-    from lt_dist.shards.manifest import is_split_dir
-
-    return is_split_dir(path)
 
 
 def _is_number(text: str) -> bool:

@@ -211,6 +211,19 @@ def _inputs(source: Iterator[tuple[list, list]]) -> tuple[Any, Any]:
                               dtype=[types.UINT8, types.INT64], ndim=[1, 0])
 
 
+def _new_pipeline(batch_size: int, num_threads: int, device_id: int | None, seed: int, prefetch: int) -> Any:
+    """An empty DALI Pipeline with the settings both graphs share."""
+    from nvidia.dali import Pipeline
+
+    return Pipeline(
+        batch_size=batch_size,  # the maximum; smaller batches pass through as they are
+        num_threads=num_threads,
+        device_id=device_id,
+        seed=seed,  # every random op's seed derives from it: same seed, same stream
+        prefetch_queue_depth=prefetch,
+    )
+
+
 def build_pipeline(
     source: Iterator[tuple[list, list]],
     preset: Preset,
@@ -225,16 +238,8 @@ def build_pipeline(
     `source` yields external_source batches (see _feed). With device "mixed" both
     outputs are on the GPU (torch's current device), else on the CPU.
     """
-    from nvidia.dali import Pipeline
-
     device_id = torch.cuda.current_device() if device == "mixed" else None
-    pipe = Pipeline(
-        batch_size=batch_size,  # the maximum; smaller batches pass through as they are
-        num_threads=num_threads,
-        device_id=device_id,
-        seed=seed,  # every random op's seed derives from it: same seed, same stream
-        prefetch_queue_depth=prefetch,
-    )
+    pipe = _new_pipeline(batch_size, num_threads, device_id, seed, prefetch)
     with pipe:
         encoded, labels = _inputs(source)
         graph = _train_graph if preset.train else _eval_graph
@@ -259,10 +264,7 @@ def build_host_pipeline(
 
     The first stage of the CPU path (see _host_graph); hostfinish.HostFinish does the rest.
     """
-    from nvidia.dali import Pipeline
-
-    pipe = Pipeline(batch_size=batch_size, num_threads=num_threads, device_id=None, seed=seed,
-                    prefetch_queue_depth=prefetch)
+    pipe = _new_pipeline(batch_size, num_threads, None, seed, prefetch)
     with pipe:
         encoded, labels = _inputs(source)
         images, draws = _host_graph(encoded, preset)

@@ -151,9 +151,8 @@ class BalancedSampler:
         if is_exact_instance(self.config.strategy):
             # padding repeats the epoch's first samples: count occurrences modulo one pass
             positions = np.arange(start, stop) % self.epoch_size
-            occurrences = np.empty(self.per_rank, dtype=np.int64)
             base = labels[: self.epoch_size]
-            occurrences[:] = occurrence_index(base, 0, self.epoch_size, len(self.samples_per_class))[positions]
+            occurrences = occurrence_index(base, 0, self.epoch_size, len(self.samples_per_class))[positions]
             block = base[positions]
         else:
             occurrences = occurrence_index(labels, start, stop, len(self.samples_per_class))

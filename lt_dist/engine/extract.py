@@ -30,10 +30,9 @@ def _device(world: World) -> torch.device:
 
 
 @torch.no_grad()
-def extract_rows(model, split_dir: str, world: World, preset, decoder: str, batch_size: int,
+def extract_rows(model, split_dir: str, num_samples: int, world: World, preset, decoder: str, batch_size: int,
                  workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """This rank's (rows (n,), labels (n,), features (n, D) float32)."""
-    num_samples = int(load_manifest(split_dir).samples_per_class.sum())
+    """This rank's (rows (n,), labels (n,), features (n, D) float32) of a split of num_samples."""
     sampler = SequentialSampler(num_samples, world, batch_size)
     loader = BalancedLoader(LoaderConfig(split_dir, batch_size, preset, decoder=decoder, num_workers=workers),
                             world, sampler=sampler)
@@ -51,9 +50,10 @@ def extract(ckpt: str, data: str, splits: list[str], out: str, decoder: str = "d
     world = World.from_env()
     best = load_best_model(ckpt)
     split_dirs = {split: resolve_split(data, split) for split in splits}
+    counts = {split: load_manifest(split_dir).samples_per_class for split, split_dir in split_dirs.items()}
     train_counts = np.asarray(best["train_counts"])
     for split, split_dir in split_dirs.items():
-        classes = len(load_manifest(split_dir).samples_per_class)
+        classes = len(counts[split])
         if classes != best["num_classes"]:
             raise UserInputError(f"{split_dir} has {classes} classes, the checkpoint {best['num_classes']}")
     if world.world_size > 1 and not dist.is_initialized():
@@ -68,9 +68,11 @@ def extract(ckpt: str, data: str, splits: list[str], out: str, decoder: str = "d
             "num_classes": best["num_classes"], "best_epoch": best.get("epoch"), "splits": {}}
     for split, split_dir in split_dirs.items():
         started = time.perf_counter()
-        rows, labels, features = extract_rows(model, split_dir, world, preset, decoder, batch_size, workers)
+        num_samples = int(counts[split].sum())
+        rows, labels, features = extract_rows(model, split_dir, num_samples, world, preset, decoder, batch_size,
+                                              workers)
         _write_parts(out, split, split_dir, world, rows, labels, features)
-        info["splits"][split] = {"num_samples": int(load_manifest(split_dir).samples_per_class.sum()),
+        info["splits"][split] = {"num_samples": num_samples,
                                  "seconds": round(time.perf_counter() - started, 2)}
         if world.is_main:
             print(f"{split}: {info['splits'][split]['num_samples']} features of {model.feature_dim} dims "
