@@ -6,7 +6,9 @@ single-process runs all set or omit the same variables); passed explicitly after
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 
 @dataclass(frozen=True)
@@ -34,3 +36,25 @@ class World:
     def is_main(self) -> bool:
         """True on rank 0, the process that logs and writes shared files."""
         return self.rank == 0
+
+
+@contextmanager
+def process_group_closed_at_exit() -> Iterator[None]:
+    """Run a distributed job's body; on the way out tear the process group down.
+
+    On success every rank first waits for the others (rank 0 may still be writing
+    results). A process that exits with a live gloo group can abort in its static
+    destructors ("terminate called without an active exception") and the launcher then
+    kills its peers mid-write. After an error there is no barrier: the peers may be gone.
+    """
+    import torch.distributed as dist
+
+    succeeded = False
+    try:
+        yield
+        succeeded = True
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            if succeeded:
+                dist.barrier()
+            dist.destroy_process_group()

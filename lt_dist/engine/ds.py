@@ -119,8 +119,51 @@ def initialize(model: torch.nn.Module, ds_config: dict, total_steps: int, log: C
 
 
 def save_checkpoint(engine, folder: str, tag: str, client_state: dict) -> None:
-    """Collective: every rank writes its part under folder/tag; `latest` names tag."""
-    engine.save_checkpoint(folder, tag=tag, client_state=client_state)
+    """Collective: every rank writes its part under folder/tag, then `latest` names tag.
+
+    DeepSpeed's own `latest` is written by rank 0 before the closing barrier, so a
+    crash can leave it naming a tag whose other ranks' files are half written (a
+    resume then fails on a truncated zip). Here `latest` moves only after every rank
+    has finished and rank 0 has flushed the tag's files to disk.
+    """
+    import torch.distributed as dist
+
+    engine.save_checkpoint(folder, tag=tag, client_state=client_state, save_latest=False)
+    # The page cache is per node: one process per node flushes what that node wrote.
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        sync_folder(os.path.join(folder, tag))
+    dist.barrier()
+    if dist.get_rank() == 0:
+        commit_latest(folder, tag)
+    dist.barrier()
+
+
+def sync_folder(path: str) -> None:
+    """fsync every file directly in path, then path itself."""
+    for name in sorted(os.listdir(path)):
+        if os.path.isfile(os.path.join(path, name)):
+            _fsync_path(os.path.join(path, name))
+    _fsync_path(path)
+
+
+def commit_latest(folder: str, tag: str) -> None:
+    """Point folder/latest at tag by temp file + fsync + rename (readers see old or new, never half)."""
+    temp = os.path.join(folder, f"latest.tmp-{os.getpid()}")
+    with open(temp, "w", encoding="utf-8") as handle:
+        handle.write(tag)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, os.path.join(folder, "latest"))
+    _fsync_path(folder)
+
+
+def _fsync_path(path: str) -> None:
+    """Flush a file's (or a directory's entries') dirty pages to disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def load_checkpoint(engine, folder: str, tag: str | None = None) -> dict | None:

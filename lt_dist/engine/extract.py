@@ -17,7 +17,7 @@ from lt_dist.data.loader import BalancedLoader, LoaderConfig
 from lt_dist.data.presets import get_preset
 from lt_dist.data.reader import ShardReader
 from lt_dist.data.sampler import SequentialSampler
-from lt_dist.dist import World
+from lt_dist.dist import World, process_group_closed_at_exit
 from lt_dist.engine.checkpoint import load_best_model
 from lt_dist.errors import UserInputError
 from lt_dist.models.resnet import build_model
@@ -51,13 +51,20 @@ def extract(ckpt: str, data: str, splits: list[str], out: str, decoder: str = "d
     best = load_best_model(ckpt)
     split_dirs = {split: resolve_split(data, split) for split in splits}
     counts = {split: load_manifest(split_dir).samples_per_class for split, split_dir in split_dirs.items()}
-    train_counts = np.asarray(best["train_counts"])
     for split, split_dir in split_dirs.items():
         classes = len(counts[split])
         if classes != best["num_classes"]:
             raise UserInputError(f"{split_dir} has {classes} classes, the checkpoint {best['num_classes']}")
     if world.world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        with process_group_closed_at_exit():
+            return _extract_splits(best, split_dirs, counts, world, out, ckpt, data, decoder, batch_size, workers)
+    return _extract_splits(best, split_dirs, counts, world, out, ckpt, data, decoder, batch_size, workers)
+
+
+def _extract_splits(best: dict, split_dirs: dict, counts: dict, world: World, out: str, ckpt: str, data: str,
+                    decoder: str, batch_size: int, workers: int) -> dict:
+    """The body of extract once the process group (if any) is up; returns the index."""
     model = build_model(best["arch"], best["num_classes"], best["small_input"])
     model.load_state_dict(best["state_dict"])
     model.eval().to(_device(world))
@@ -79,7 +86,7 @@ def extract(ckpt: str, data: str, splits: list[str], out: str, decoder: str = "d
                   f"in {info['splits'][split]['seconds']} s")
     if world.is_main:
         store.write_classifier(out, model.fc.weight.detach().cpu().numpy(), model.fc.bias.detach().cpu().numpy(),
-                               train_counts, best["class_names"])
+                               np.asarray(best["train_counts"]), best["class_names"])
         store.write_index(out, info)
     return info
 

@@ -20,7 +20,7 @@ from lt_dist.data.balance import resolve_strategy
 from lt_dist.data.loader import BalancedLoader, LoaderConfig
 from lt_dist.data.presets import get_preset
 from lt_dist.data.sampler import SamplerConfig, SequentialSampler
-from lt_dist.dist import World
+from lt_dist.dist import World, process_group_closed_at_exit
 from lt_dist.engine import checkpoint as ckpt
 from lt_dist.engine import ds
 from lt_dist.engine.logs import RunLogger
@@ -90,6 +90,12 @@ def run_stage1(config: TrainConfig, ds_config_path: str) -> dict:
     world = World.from_env()  # launchers set RANK/WORLD_SIZE before the process group exists
     ds_config, facts = check_inputs(config, ds_config_path, world)
     ds.init_distributed()
+    with process_group_closed_at_exit():
+        return _train_and_test(config, ds_config, facts, world)
+
+
+def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: World) -> dict:
+    """The body of run_stage1 inside the process group: train, checkpoint, validate, test."""
     say = print if world.is_main else (lambda *a, **k: None)
     micro, gas = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
     torch.manual_seed(config.seed)
@@ -119,8 +125,7 @@ def run_stage1(config: TrainConfig, ds_config_path: str) -> dict:
         ds.save_checkpoint(engine, ckpt_dir, tag, {
             "epoch": epoch, "global_step": engine.global_steps, "loader": train_loader.state_dict(),
             "best": best, "config": to_dict(config), "ds_config": ds_config})
-        dist.barrier()
-        if world.is_main:
+        if world.is_main:  # save_checkpoint returns after every rank finished writing
             ckpt.prune_checkpoints(ckpt_dir, config.keep_checkpoints)
 
     def on_step() -> None:
