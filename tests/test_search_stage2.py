@@ -135,3 +135,40 @@ def test_set_rejects_unknown_parameters(tmp_path):
     features = write_features(tmp_path / "features")
     result = search("--features", features, "--methods", "crt", "--set", "crt.epoch=3", timeout=120)
     assert result.returncode == 2 and "unknown parameter(s) 'epoch' for 'crt'" in result.stderr
+
+
+def trial_actor_pids() -> list[int]:
+    """Processes of Ray Tune's function-trainable actors (their title is `ray::ImplicitFunc...`)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if handle.read().startswith(b"ray::ImplicitFunc"):
+                    pids.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+def test_a_crashed_trial_is_retried(tmp_path):
+    """SIGKILL the worker process of a running trial: Ray Tune retries it and the search completes."""
+    import signal
+    import time
+
+    features = write_features(tmp_path / "features")
+    out = tmp_path / "r"
+    args = [sys.executable, str(SCRIPT), "--features", str(features), "--out", str(out), "--num-cpus", "1",
+            "--methods", "crt", "--lrs", "0.05,0.2", "--set", "crt.epochs=10000", "--max-failures", "2"]
+    driver = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed, deadline = [], time.time() + 300
+    while not killed and time.time() < deadline and driver.poll() is None:
+        for pid in trial_actor_pids():
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        time.sleep(0.05)
+    output, _ = driver.communicate(timeout=600)
+    assert killed, "no trial was running to be killed"
+    assert driver.returncode == 0, output[-3000:]
+    assert "errored" in output  # Ray saw the crash ...
+    trials = pq.read_table(out / "trials.parquet").to_pylist()
+    assert sorted(json.loads(t["params"])["lr"] for t in trials) == [0.05, 0.2]  # ... and the retry finished it
