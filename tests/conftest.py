@@ -4,6 +4,10 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +97,21 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     status = main([str(a) for a in args])
     captured = capsys.readouterr()
     return status, captured.out, captured.err
+
+
+def sigkill_when(process: subprocess.Popen, ready: Callable[[], bool], poll_s: float,
+                 message: str, timeout_s: float = 300, group: bool = False) -> None:
+    """Poll ready() while process runs; SIGKILL it (its whole session with group=True,
+    for launchers started with start_new_session) the moment ready() holds, then reap it.
+    Fails with `message` when the process ended by itself first."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and process.poll() is None:
+        if ready():
+            if group:
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(poll_s)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, message

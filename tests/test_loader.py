@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_image_folder, run_cli
+from conftest import make_image_folder
 from lt_dist.data.loader import BalancedLoader, LoaderConfig
 from lt_dist.data.presets import get_preset
 from lt_dist.data.reader import ShardReader

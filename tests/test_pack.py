@@ -1,17 +1,13 @@
 import json
-import os
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from conftest import REPO, make_image_folder, run_cli
+from conftest import REPO, make_image_folder, run_cli, sigkill_when
 from lt_dist.shards.manifest import load_manifest
 
 
@@ -120,14 +116,8 @@ def test_killed_pack_resumes_without_redoing_finished_shards(tmp_path, capsys):
                "--shard-count", "10", "--workers", "1", "--no-progress"]
     process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE)
     split = out / "train"
-    deadline = time.time() + 60
-    while time.time() < deadline and process.poll() is None:
-        if split.is_dir() and len(list(split.glob("cls*.tar"))) >= 3:
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.002)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the pack finished before it could be killed"
+    sigkill_when(process, lambda: split.is_dir() and len(list(split.glob("cls*.tar"))) >= 3, 0.002,
+                 "the pack finished before it could be killed", timeout_s=60)
     finished = {p.name: p.stat().st_mtime_ns for p in split.glob("cls*.tar")}
     assert 3 <= len(finished) < 120
     assert not (split / "manifest.parquet").exists() and not (split / "dataset.json").exists()

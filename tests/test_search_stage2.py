@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import REPO
+from conftest import REPO, sigkill_when
 from lt_dist.stage2 import store
 
 SCRIPT = REPO / "tune" / "search_stage2.py"
@@ -103,9 +103,6 @@ def test_bad_input_fails_at_start_up(tmp_path, case, message):
 
 def test_interrupted_search_resumes(tmp_path):
     """SIGKILL the driver once some trials finished; --resume restores the experiment and completes it."""
-    import signal
-    import time
-
     features = write_features(tmp_path / "features")
     out = tmp_path / "r"
     args = [sys.executable, str(SCRIPT), "--features", str(features), "--out", str(out), "--num-cpus", "1",
@@ -113,15 +110,8 @@ def test_interrupted_search_resumes(tmp_path):
     driver = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     experiment = out / "ray" / "stage2"
-    deadline = time.time() + 300
-    while time.time() < deadline and driver.poll() is None:
-        done = [p for p in experiment.glob("_trial_*/result.json") if p.stat().st_size > 0]
-        if done:
-            os.killpg(driver.pid, signal.SIGKILL)
-            break
-        time.sleep(0.1)
-    driver.wait()
-    assert driver.returncode == -signal.SIGKILL, "the search finished before it could be interrupted"
+    sigkill_when(driver, lambda: any(p.stat().st_size > 0 for p in experiment.glob("_trial_*/result.json")), 0.1,
+                 "the search finished before it could be interrupted", group=True)
     assert not (out / "table.csv").exists()
     result = subprocess.run(args + ["--resume"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,17 +1,15 @@
 """Stage 1 through the real launchers on the CPU: 2 processes, gloo, tiny shards."""
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, make_image_folder
+from conftest import REPO, make_image_folder, sigkill_when
 
 LAUNCHER = Path(sys.executable).parent / "deepspeed"
 SCRIPT = REPO / "launch" / "train_repr.py"
@@ -94,14 +92,8 @@ def test_sigkill_mid_epoch_and_resume_gives_the_same_weights(shards, tmp_path):
     run = tmp_path / "killed"
     victim = launch(shards, run, *common, start_new_session=True)
     latest = run / "checkpoints" / "latest"
-    deadline = time.time() + 300
-    while time.time() < deadline and victim.poll() is None:
-        if latest.exists() and "epoch0001-mid" in latest.read_text():
-            os.killpg(victim.pid, signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    victim.wait()
-    assert victim.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    sigkill_when(victim, lambda: latest.exists() and "epoch0001-mid" in latest.read_text(), 0.005,
+                 "the run ended before it could be killed", group=True)
     assert not (run / "test_metrics.json").exists()
 
     resumed = launch(shards, run, *common, "--resume")

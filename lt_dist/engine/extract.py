@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -55,11 +56,11 @@ def extract(ckpt: str, data: str, splits: list[str], out: str, decoder: str = "d
         classes = len(counts[split])
         if classes != best["num_classes"]:
             raise UserInputError(f"{split_dir} has {classes} classes, the checkpoint {best['num_classes']}")
-    if world.world_size > 1 and not dist.is_initialized():
+    starts_group = world.world_size > 1 and not dist.is_initialized()  # a group it joined is the caller's
+    if starts_group:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        with process_group_closed_at_exit():
-            return _extract_splits(best, split_dirs, counts, world, out, ckpt, data, decoder, batch_size, workers)
-    return _extract_splits(best, split_dirs, counts, world, out, ckpt, data, decoder, batch_size, workers)
+    with process_group_closed_at_exit() if starts_group else nullcontext():
+        return _extract_splits(best, split_dirs, counts, world, out, ckpt, data, decoder, batch_size, workers)
 
 
 def _extract_splits(best: dict, split_dirs: dict, counts: dict, world: World, out: str, ckpt: str, data: str,

@@ -8,10 +8,8 @@ every rank stops with the same message instead of hanging.
 """
 from __future__ import annotations
 
-import json
 import os
 
-import numpy as np
 import torch
 import torch.distributed as dist
 

@@ -47,7 +47,7 @@ def read_table_csv(path: str) -> list[dict]:
 
 def markdown_table(rows: list[dict], split_note: str = "test, chosen on val") -> str:
     """The table as Markdown, numbers in percent."""
-    lines = [f"| method | Many | Medium | Few | All | val All | setting |", "|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| method | Many | Medium | Few | All | val All | setting |", "|---|---:|---:|---:|---:|---:|---|"]
     for row in rows:
         params = json.loads(row["params"]) if isinstance(row["params"], str) else row["params"]
         setting = ", ".join(f"{k}={v}" for k, v in params.items()) or "-"
