@@ -15,12 +15,13 @@ DEMO_EPOCHS ?= 20
 # Where DeepSpeed caches its JIT-compiled ops between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: help setup demo-data browser demo test bench bench-fashion-lt clean
+.PHONY: help setup demo-data browser demo test test-all bench bench-fashion-lt clean
 
 help:
 	@echo "make demo   set up, then the whole pipeline on Fashion-MNIST-LT: pack, stage 1 with"
 	@echo "            deepspeed (2 CPU processes), extract, stage-2 search with Ray, report"
-	@echo "make test   set up and run the test suite"
+	@echo "make test   set up and run the test suite (without the tests marked slow)"
+	@echo "make test-all   the whole suite, slow multi-process tests included"
 	@echo "make bench  run the benchmarks under bench/ (tables + bench/results/*.json)"
 	@echo "make bench-fashion-lt   the seeds x samplers table of the README (about an hour)"
 
@@ -67,7 +68,11 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "chromium not found: the report test will be skipped (install Debian's chromium)"; fi
 
+# The default run keeps one test of each kind; the slowest (marked slow) run in test-all.
 test: setup demo-data browser
+	FMNIST_DIR=$(FMNIST_DIR) $(BIN)/python -m pytest -q -m "not slow"
+
+test-all: setup demo-data browser
 	FMNIST_DIR=$(FMNIST_DIR) $(BIN)/python -m pytest -q
 
 bench: EXTRAS = all
