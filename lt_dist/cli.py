@@ -6,6 +6,7 @@ import sys
 
 from lt_dist import __version__
 from lt_dist.commands import data as data_commands
+from lt_dist.commands import model as model_commands
 from lt_dist.commands import report as report_commands
 from lt_dist.commands import shards as shard_commands
 from lt_dist.errors import UserInputError
@@ -18,6 +19,9 @@ EPILOG = """examples:
   lt_dist stats shards/fmnist_lt --plot counts.png
   lt_dist verify shards/fmnist_lt --decode
   lt_dist sample-stats shards/fmnist_lt --sampler class --draws 200000
+  lt_dist export --run runs/demo --results results/demo --method lws --out model/ --format onnx
+  lt_dist evaluate model/ --data shards/fmnist_lt --split test
+  lt_dist predict model/ --folder photos/ --top-k 5 --out preds.csv
 """
 
 
@@ -33,6 +37,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     shard_commands.add_parsers(subparsers)
     data_commands.add_parsers(subparsers)
     report_commands.add_parsers(subparsers)
+    model_commands.add_parsers(subparsers)
     return parser
 
 
