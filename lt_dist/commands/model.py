@@ -14,7 +14,7 @@ def add_parsers(subparsers) -> None:
         description="Assemble the stage-1 backbone (best_model.pt) and a stage-2 head saved by the search "
         "(results/NAME/heads/METHOD.*) into one model: a torch state dict with its config (loadable with "
         "lt_dist.models.load_model), TorchScript, or ONNX with a dynamic batch axis.")
-    export.add_argument("--run", help="stage-1 run runs/NAME (default: the checkpoint the head's features came from)")
+    export.add_argument("--run", dest="run_dir", help="stage-1 run runs/NAME (default: the checkpoint the head's features came from)")
     export.add_argument("--results", required=True, help="results/NAME written by tune/search_stage2.py")
     export.add_argument("--method", required=True, help="stage-2 method whose chosen head to export (e.g. lws)")
     export.add_argument("--out", required=True, help="output folder, e.g. model/")
@@ -63,7 +63,7 @@ def run_export(args) -> int:
     from lt_dist.engine.export import assemble, export_model
 
     formats = ["torch"] + [f for f in dict.fromkeys(args.formats or []) if f != "torch"]
-    model = assemble(args.run, args.results, args.method)
+    model = assemble(args.run_dir, args.results, args.method)
     for fmt in formats:
         print(f"wrote {export_model(model, args.out, fmt)}")
     return 0

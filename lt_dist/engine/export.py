@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import torch
 
@@ -89,8 +90,12 @@ def export_model(model: PackagedModel, out_dir: str, fmt: str = "torch") -> str:
     model = model.eval()
     with torch.no_grad():
         if fmt == "torchscript":
-            traced = torch.jit.trace(model, example_input(model.config), check_trace=False)
-            torch.jit.save(traced, temp, _extra_files={"config.json": json.dumps(model.config)})
+            # torch marks TorchScript deprecated, but serving stacks still load .ts files: say it once
+            # in the docs, not as a FutureWarning on every export
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                traced = torch.jit.trace(model, example_input(model.config), check_trace=False)
+                torch.jit.save(traced, temp, _extra_files={"config.json": json.dumps(model.config)})
         else:
             _export_onnx(model, temp)
     os.replace(temp, path)
