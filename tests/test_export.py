@@ -181,3 +181,16 @@ def test_bad_input_exits_2_naming_the_value(tiny, capsys, tmp_path):
     assert status == 2 and "the lws head is 3 classes x 512 features but" in err
     status, _, err = run_cli(["predict", export(tiny, "joint", capsys)], capsys)
     assert status == 2 and "no images" in err
+
+
+def test_report_lists_the_model_files_and_their_export_commands(tiny, capsys):
+    import html
+
+    status, _, err = run_cli(["report", tiny / "results"], capsys)
+    assert status == 0, err
+    page = html.unescape((tiny / "results" / "report.html").read_text())
+    assert "<h2>Model files</h2>" in page
+    for method in saved_methods(str(tiny / "results")):
+        assert f"heads/{method}.safetensors" in page
+        assert (f"lt_dist export --run {tiny / 'run'} --results {tiny / 'results'} --method {method} "
+                f"--out model/{method} --format onnx") in page

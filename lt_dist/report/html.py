@@ -12,6 +12,7 @@ import numpy as np
 
 from lt_dist.errors import UserInputError
 from lt_dist.report.figures import plot_accuracy_vs_size, plot_table
+from lt_dist.report.models import models_html
 from lt_dist.report.tables import DISPLAY, read_table_csv
 
 FIGURES = (("class_counts.png", "Training class counts (sorted, log scale)"),
@@ -83,6 +84,7 @@ Many-shot: more than 100 training images, few-shot: fewer than 20.</p>
 <h2>Many / Medium / Few / All (test top-1, %)</h2>
 {_table_html(rows)}
 {figures}
+{models_html(results_dir)}
 <p class="note">Generated {time.strftime('%Y-%m-%d %H:%M')} by <code>lt_dist report</code>.</p>
 </body></html>
 """
