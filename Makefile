@@ -11,6 +11,7 @@ DEMO_SHARDS := shards/fashion_mnist_lt
 DEMO_RUN := runs/demo
 DEMO_FEATURES := features/demo
 DEMO_RESULTS := results/demo
+DEMO_MODEL := model/demo
 DEMO_EPOCHS ?= 20
 # Where DeepSpeed caches its JIT-compiled ops between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
@@ -58,7 +59,9 @@ demo: setup demo-data
 	$(BIN)/lt_dist extract --ckpt $(DEMO_RUN) --data $(DEMO_SHARDS) --out $(DEMO_FEATURES) --workers 1
 	$(BIN)/python tune/search_stage2.py --features $(DEMO_FEATURES) --out $(DEMO_RESULTS) --num-cpus 2
 	$(BIN)/lt_dist report $(DEMO_RESULTS)
-	@echo "open $(DEMO_RESULTS)/report.html in a browser"
+	$(BIN)/lt_dist export --run $(DEMO_RUN) --results $(DEMO_RESULTS) --method crt --out $(DEMO_MODEL) --format onnx
+	$(BIN)/lt_dist evaluate $(DEMO_MODEL) --data $(DEMO_SHARDS) --split test --workers 1
+	@echo "open $(DEMO_RESULTS)/report.html in a browser; the cRT model is in $(DEMO_MODEL)/"
 
 # Headless Chromium for the report test (Debian's package; needs root, as CI runs).
 browser:

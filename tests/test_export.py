@@ -194,3 +194,26 @@ def test_report_lists_the_model_files_and_their_export_commands(tiny, capsys):
         assert f"heads/{method}.safetensors" in page
         assert (f"lt_dist export --run {tiny / 'run'} --results {tiny / 'results'} --method {method} "
                 f"--out model/{method} --format onnx") in page
+
+
+@pytest.mark.slow
+def test_the_papers_backbone_exports_to_onnx(tmp_path):
+    """ResNeXt-152 32x4d at 224 px (60 M parameters) with an LWS-style head: ONNX Runtime matches torch."""
+    import onnxruntime
+
+    from lt_dist.engine.export import export_model, example_input
+    from lt_dist.models.heads import build_head
+    from lt_dist.models.package import FORMAT, VERSION, PackagedModel, build_backbone
+
+    torch.manual_seed(0)
+    backbone = build_backbone("resnext152_32x4d", 10, small_input=False)
+    head = build_head("lws", {"weight": 0.01 * torch.randn(10, 2048), "bias": torch.zeros(10)})
+    config = {"format": FORMAT, "version": VERSION, "arch": "resnext152_32x4d", "small_input": False,
+              "num_classes": 10, "method": "lws", "preset": {"crop_size": 224}}
+    model = PackagedModel(backbone, head, config).eval()
+    path = export_model(model, str(tmp_path), "onnx")
+    images = example_input(config, batch=3)
+    with torch.no_grad():
+        expected = model(images).numpy()
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    assert np.allclose(session.run(["logits"], {"images": images.numpy()})[0], expected, atol=ONNX_ATOL, rtol=0)
