@@ -47,16 +47,22 @@ def add_parsers(subparsers) -> None:
     predict.add_argument("--top-k", type=int, default=5, help="classes per image")
     predict.add_argument("--out", help="CSV file (default: standard output)")
     predict.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    predict.add_argument("--decoder", choices=("torchvision", "dali"), default="torchvision",
+                         help="image decoder (dali: on the GPU when there is one)")
     predict.set_defaults(run=run_predict)
 
 
 def _load(path: str):
+    """The exported model, on the GPU when there is one; a bad path is the user's mistake."""
+    import torch
+
     from lt_dist.models.package import load_model
 
     try:
-        return load_model(path)
+        model = load_model(path)
     except ValueError as error:
         raise UserInputError(str(error)) from None
+    return model.to("cuda") if torch.cuda.is_available() else model
 
 
 def run_export(args) -> int:
@@ -98,7 +104,8 @@ def run_predict(args) -> int:
         raise UserInputError(f"--top-k and --batch-size must be >= 1, got {args.top_k} and {args.batch_size}")
     paths = collect_paths(args.images, args.folder, args.list_file)
     model = _load(args.model)
-    rows, skipped = predict_paths(model, paths, min(args.top_k, model.config["num_classes"]), args.batch_size)
+    rows, skipped = predict_paths(model, paths, min(args.top_k, model.config["num_classes"]), args.batch_size,
+                                  args.decoder)
     for path, reason in skipped:
         print(f"lt_dist predict: skipped {path}: {reason}", file=sys.stderr)
     write_predictions(rows, args.out)
