@@ -192,8 +192,29 @@ def test_bad_input_exits_2_naming_the_value(tiny, capsys, tmp_path):
     status, _, err = run_cli(["export", "--run", other, "--results", tiny / "results", "--method", "lws",
                               "--out", tmp_path / "m"], capsys)
     assert status == 2 and "the lws head is 3 classes x 512 features but" in err
-    status, _, err = run_cli(["predict", export(tiny, "joint", capsys)], capsys)
+    joint = export(tiny, "joint", capsys)
+    status, _, err = run_cli(["predict", joint], capsys)
     assert status == 2 and "no images" in err
+    status, _, err = run_cli(["predict", joint, "x.jpg", "--out", tmp_path / "nowhere" / "p.csv"], capsys)
+    assert status == 2 and "does not exist" in err and "nowhere" in err
+
+
+def test_load_model_needs_no_training_stack(tiny, capsys):
+    """A fresh interpreter loads and runs the exported model without stage 2, DeepSpeed, DALI or Ray."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = export(tiny, "tau_norm", capsys)
+    code = ("import sys, torch; from lt_dist.models import load_model; m = load_model(sys.argv[1]); "
+            "print(tuple(m(torch.zeros(2, 3, 16, 16)).shape)); "
+            "print(sorted(n for n in ('deepspeed', 'ray', 'nvidia.dali', 'lt_dist.stage2', 'lt_dist.engine') "
+            "if n in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code, str(out)], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("\n")[:2] == ["(2, 3)", "[]"]
 
 
 def test_report_lists_the_model_files_and_their_export_commands(tiny, capsys):

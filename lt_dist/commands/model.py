@@ -65,9 +65,21 @@ def _load(path: str):
     return model.to("cuda") if torch.cuda.is_available() else model
 
 
+def _check_writable(path: str, flag: str, folder: bool = False) -> None:
+    """A file's folder must exist (a folder output may be created, but not over a file)."""
+    import os
+
+    if folder and os.path.exists(path) and not os.path.isdir(path):
+        raise UserInputError(f"{flag} {path!r} is a file, not a folder")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not folder and not os.path.isdir(parent):
+        raise UserInputError(f"{flag} {path!r}: folder {parent!r} does not exist")
+
+
 def run_export(args) -> int:
     from lt_dist.engine.export import assemble, export_model
 
+    _check_writable(args.out, "--out", folder=True)
     formats = ["torch"] + [f for f in dict.fromkeys(args.formats or []) if f != "torch"]
     model = assemble(args.run_dir, args.results, args.method)
     for fmt in formats:
@@ -83,6 +95,8 @@ def run_evaluate(args) -> int:
 
     if args.batch_size < 1:
         raise UserInputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.out:
+        _check_writable(args.out, "--out")
     model = _load(args.model)
     scores, per_class = evaluate_model(model, args.data, args.split, args.decoder, args.batch_size, args.workers)
     default_dir = args.model if os.path.isdir(args.model) else os.path.dirname(args.model)
@@ -103,6 +117,8 @@ def run_predict(args) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         raise UserInputError(f"--top-k and --batch-size must be >= 1, got {args.top_k} and {args.batch_size}")
     paths = collect_paths(args.images, args.folder, args.list_file)
+    if args.out:
+        _check_writable(args.out, "--out")
     model = _load(args.model)
     rows, skipped = predict_paths(model, paths, min(args.top_k, model.config["num_classes"]), args.batch_size,
                                   args.decoder)
