@@ -14,7 +14,8 @@ def add_parsers(subparsers) -> None:
         description="Assemble the stage-1 backbone (best_model.pt) and a stage-2 head saved by the search "
         "(results/NAME/heads/METHOD.*) into one model: a torch state dict with its config (loadable with "
         "lt_dist.models.load_model), TorchScript, or ONNX with a dynamic batch axis.")
-    export.add_argument("--run", dest="run_dir", help="stage-1 run runs/NAME (default: the checkpoint the head's features came from)")
+    export.add_argument("--run", dest="run_dir",
+                        help="stage-1 run runs/NAME (default: the checkpoint the head's features came from)")
     export.add_argument("--results", required=True, help="results/NAME written by tune/search_stage2.py")
     export.add_argument("--method", required=True, help="stage-2 method whose chosen head to export (e.g. lws)")
     export.add_argument("--out", required=True, help="output folder, e.g. model/")
@@ -93,8 +94,8 @@ def run_evaluate(args) -> int:
 
     from lt_dist.engine.evaluate import evaluate_model, format_scores, write_per_class
 
-    if args.batch_size < 1:
-        raise UserInputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.batch_size < 1 or args.workers < 0:
+        raise UserInputError(f"need --batch-size >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
     if args.out:
         _check_writable(args.out, "--out")
     model = _load(args.model)
