@@ -92,6 +92,7 @@ def test_the_search_saves_every_chosen_head(tiny):
         assert record["ckpt"] == str(tiny / "run") and record["class_names"] == NAMES
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 @pytest.mark.parametrize("method", ["lws", "ncm"])
 def test_exported_formats_match_torch_and_the_stage2_logits(tiny, method, capsys):
     import onnxruntime
