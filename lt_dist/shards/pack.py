@@ -5,33 +5,39 @@ A split folder goes through three states:
                  + .*.tmp-PID files of shards being written
     finished     the above + ids.txt, shards.parquet, dataset.json, manifest.parquet
 Re-running the same pack on an in-progress folder keeps its finished shards; on a
-finished folder it does nothing. A folder holding anything else is refused.
+finished folder it checks every shard's size and sha256 against the shard table and
+does nothing when all match, else packs the missing or damaged shards again. A
+folder holding anything else is refused; one pack at a time writes a split folder
+(outdir.SplitLock), and --overwrite deletes only lt-dist's own files.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
-import shutil
 import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from lt_dist import __version__
 from lt_dist.errors import UserInputError
-from lt_dist.shards.format import FORMAT_NAME, FORMAT_VERSION
+from lt_dist.shards.format import FORMAT_NAME, FORMAT_VERSION, file_sha256
 from lt_dist.shards.images import CHECKS
-from lt_dist.shards.manifest import is_split_dir, write_split_index
+from lt_dist.shards.manifest import (MANIFEST, PLAN_FILE, SHARD_TABLE, is_split_dir, read_info,
+                                     write_split_index)
+from lt_dist.shards.outdir import (LOCK_FILE, SplitLock, check_split_name, foreign_entries,
+                                   remove_own_files)
 from lt_dist.shards.plan import SplitPlan, SubsetOptions, check_split, fingerprint, plan_splits
 from lt_dist.shards.sources import Source
 from lt_dist.shards.subset import group_by_label
 from lt_dist.shards.writer import ClassResult, ClassTask, PackError, ShardLimits, pack_class
-
-PLAN_FILE = ".pack-plan.json"
 
 
 @dataclass(frozen=True)
@@ -52,18 +58,27 @@ def pack(source: Source, subset: SubsetOptions, options: PackOptions, command: l
     """Pack every split of the plan; returns {split: summary dict}."""
     if options.check not in CHECKS:
         raise UserInputError(f"unknown --check {options.check!r}; choose one of {', '.join(CHECKS)}")
-    if options.workers < 1:
-        raise UserInputError(f"--workers must be >= 1, got {options.workers}")
+    max_workers = 4 * (os.cpu_count() or 1)
+    if not 1 <= options.workers <= max_workers:
+        raise UserInputError(f"--workers {options.workers} is out of range: 1 to {max_workers} "
+                             f"(4 per CPU of this machine)")
+    check_split_name(options.split)
+    if os.path.exists(options.out) and not os.path.isdir(options.out):
+        raise UserInputError(f"--out {options.out!r} is a file, not a folder")
     split_items = plan_splits(source, options.split, subset)
     num_classes = len(source.class_names)
     plans = {name: check_split(name, items, num_classes, options.skip_bad)
              for name, items in split_items.items()}
+    check_same_classes(options.out, list(plans), source.class_names)
     sizes = {name: len(plan.items) for name, plan in plans.items()}
     context = {"command": command, "source": {"kind": source.kind, "location": source.location},
                "subset": asdict(subset), "split_sizes": sizes}
-    with _Runner(options.workers) as runner:
-        return {name: pack_split(plan, source.class_names, options, context, runner)
-                for name, plan in plans.items()}
+    with contextlib.ExitStack() as locks:
+        for name in sorted(plans):  # every split locked before any is touched
+            locks.enter_context(SplitLock(os.path.join(options.out, check_split_name(name))))
+        with _Runner(min(options.workers, num_classes)) as runner:
+            return {name: pack_split(plan, source.class_names, options, context, runner)
+                    for name, plan in plans.items()}
 
 
 def pack_split(plan: SplitPlan, class_names: list[str], options: PackOptions, context: dict,
@@ -97,24 +112,41 @@ def pack_split(plan: SplitPlan, class_names: list[str], options: PackOptions, co
 
 
 def _prepare_output(split_dir: str, stamp: str, overwrite: bool) -> bool:
-    """Make split_dir ready for this plan; True when it already holds the finished pack."""
+    """Make split_dir (created and locked by the caller) ready for this plan.
+
+    Returns True when it already holds this finished pack, intact. Deletes only
+    lt-dist's own files (outdir.is_own_file), and only with --overwrite or to repair
+    shards of this same plan that are missing or damaged.
+    """
     plan_path = os.path.join(split_dir, PLAN_FILE)
-    if os.path.isdir(split_dir) and os.listdir(split_dir):
-        if overwrite:
-            shutil.rmtree(split_dir)
-        elif not os.path.isfile(plan_path):
-            raise UserInputError(f"output folder {split_dir!r} already holds files that are not an "
-                                 f"lt-dist pack; choose another --out or pass --overwrite")
-        else:
-            with open(plan_path, encoding="utf-8") as handle:
-                previous = json.load(handle).get("fingerprint")
-            if previous != stamp:
-                raise UserInputError(
-                    f"output folder {split_dir!r} already holds a different dataset (plan "
-                    f"{str(previous)[:12]} there, {stamp[:12]} now); choose another --out or pass --overwrite")
-            if is_split_dir(split_dir):
+    if overwrite:
+        removed = remove_own_files(split_dir)
+        if removed:
+            _log(f"{split_dir}: --overwrite deleted {removed} files of an earlier pack")
+    foreign = foreign_entries(split_dir)
+    if foreign:
+        raise UserInputError(f"output folder {split_dir!r} already holds files that are not an lt-dist "
+                             f"pack (first: {foreign[0]!r}); choose another --out or --split")
+    own = [name for name in os.listdir(split_dir) if name != LOCK_FILE]
+    if own and not os.path.isfile(plan_path):
+        raise UserInputError(f"output folder {split_dir!r} holds lt-dist files without {PLAN_FILE}; "
+                             f"pass --overwrite to pack it anew")
+    if own:
+        previous = _read_plan(plan_path)
+        if previous != stamp:
+            raise UserInputError(
+                f"output folder {split_dir!r} already holds a different dataset (plan "
+                f"{str(previous)[:12]} there, {stamp[:12]} now); choose another --out or pass --overwrite")
+        if is_split_dir(split_dir):
+            damaged = damaged_shards(split_dir)
+            if not damaged:
                 return True
-    os.makedirs(split_dir, exist_ok=True)
+            _log(f"{split_dir}: {len(damaged)} finished shards are missing or damaged "
+                 f"(first: {damaged[0]}); packing them again")
+            os.remove(os.path.join(split_dir, MANIFEST))  # first: the folder is unfinished from here on
+            for name in damaged:
+                if os.path.exists(path := os.path.join(split_dir, name)):
+                    os.remove(path)
     for name in os.listdir(split_dir):  # temp files of a killed run
         if name.startswith(".") and ".tmp-" in name:
             os.remove(os.path.join(split_dir, name))
@@ -123,6 +155,50 @@ def _prepare_output(split_dir: str, stamp: str, overwrite: bool) -> bool:
         json.dump({"fingerprint": stamp, "format_version": FORMAT_VERSION}, handle)
     os.replace(temp, plan_path)
     return False
+
+
+def _read_plan(plan_path: str) -> str | None:
+    """The fingerprint recorded in .pack-plan.json (None when unreadable)."""
+    try:
+        with open(plan_path, encoding="utf-8") as handle:
+            return json.load(handle).get("fingerprint")
+    except (ValueError, AttributeError):  # torn or hand-edited: not this plan
+        return None
+
+
+def damaged_shards(split_dir: str) -> list[str]:
+    """Shards of a finished split whose file is missing or whose size or sha256 differs
+    from the shard table (the whole table when shards.parquet itself is unreadable)."""
+    try:
+        rows = pq.read_table(os.path.join(split_dir, SHARD_TABLE)).to_pylist()
+    except (OSError, pa.ArrowException):
+        return [SHARD_TABLE]
+    damaged = []
+    for row in rows:
+        path = os.path.join(split_dir, row["path"])
+        if (not os.path.isfile(path) or os.path.getsize(path) != row["bytes"]
+                or file_sha256(path) != row["sha256"]):
+            damaged.append(row["path"])
+    return damaged
+
+
+def check_same_classes(out: str, splits: list[str], class_names: list[str]) -> None:
+    """Refuse to pack splits whose classes differ from the finished splits beside them."""
+    for entry in sorted(os.scandir(out), key=lambda e: e.name) if os.path.isdir(out) else []:
+        if entry.name in splits or not is_split_dir(entry.path):
+            continue
+        theirs = read_info(entry.path).get("class_names")
+        if theirs != class_names:
+            detail = (f"{len(theirs)} classes there, {len(class_names)} here" if not isinstance(theirs, list)
+                      or len(theirs) != len(class_names) else
+                      f"class {_first_difference(theirs, class_names)} differs")
+            raise UserInputError(f"split {entry.name!r} in {out!r} has other classes ({detail}); splits of "
+                                 f"one dataset must share class names: choose another --out")
+
+
+def _first_difference(theirs: list, ours: list) -> str:
+    index = next(i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b)
+    return f"{index} ({theirs[index]!r} there, {ours[index]!r} here)"
 
 
 def _run_tasks(tasks: list[ClassTask], runner: "_Runner", progress: bool, desc: str) -> list[ClassResult]:
