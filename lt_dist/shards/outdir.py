@@ -59,8 +59,8 @@ def remove_own_files(split_dir: str) -> int:
     """
     foreign = foreign_entries(split_dir)
     if foreign:
-        raise UserInputError(f"output folder {split_dir!r} holds {len(foreign)} entries lt-dist did not "
-                             f"write (first: {foreign[0]!r}); --overwrite deletes only lt-dist's own "
+        raise UserInputError(f"output folder {split_dir!r} holds files lt-dist did not "
+                             f"write ({len(foreign)}, first: {foreign[0]!r}); --overwrite deletes only lt-dist's own "
                              f"files, so choose another --out or --split")
     # The manifest goes first: from then on the folder reads as unfinished, never as finished.
     names = sorted((n for n in os.listdir(split_dir) if n != LOCK_FILE), key=lambda n: n != MANIFEST)

@@ -70,6 +70,12 @@ def pack(source: Source, subset: SubsetOptions, options: PackOptions, command: l
     plans = {name: check_split(name, items, num_classes, options.skip_bad)
              for name, items in split_items.items()}
     check_same_classes(options.out, list(plans), source.class_names)
+    for name in plans:  # before any lock file is created in a folder that is not ours
+        split_dir = os.path.join(options.out, check_split_name(name))
+        if os.path.isdir(split_dir) and (foreign := foreign_entries(split_dir)):
+            raise UserInputError(f"output folder {split_dir!r} holds files lt-dist did "
+                                 f"not write ({len(foreign)}, first: {foreign[0]!r}); pack leaves them alone: choose "
+                                 f"another --out or --split")
     sizes = {name: len(plan.items) for name, plan in plans.items()}
     context = {"command": command, "source": {"kind": source.kind, "location": source.location},
                "subset": asdict(subset), "split_sizes": sizes}

@@ -165,6 +165,8 @@ def read_idx(path: str, expected_magic: int) -> np.ndarray:
     if magic != expected_magic:
         raise UserInputError(f"{path}: IDX magic {magic:#010x}, expected {expected_magic:#010x}")
     ndim = magic & 0xFF
+    if len(data) < 4 + 4 * ndim:
+        raise UserInputError(f"{path}: IDX header is cut short ({len(data)} bytes)")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != math.prod(shape):  # python ints: a garbage header cannot overflow

@@ -71,7 +71,11 @@ def _reuse_finished(task: ClassTask, result: ClassResult) -> int:
     position, index = 0, 0
     by_key = {make_key(item.id): i for i, item in enumerate(task.items)}
     while os.path.exists(path := os.path.join(task.out_dir, shard_name(task.label, index))):
-        shard, samples = read_shard_index(path, task.label, task.items, by_key)
+        try:
+            shard, samples = read_shard_index(path, task.label, task.items, by_key)
+        except (tarfile.TarError, EOFError):  # damaged after it was finished: write it again
+            os.remove(path)
+            break
         last = by_key[samples[-1].key]
         present = {sample.key for sample in samples}
         for item in task.items[position:last]:  # skipped by the earlier run
