@@ -199,7 +199,7 @@ def test_output_folder_with_another_dataset_is_refused(packed, image_folder, tmp
     stranger.mkdir(parents=True)
     (stranger / "notes.txt").write_text("mine")
     status, _, err = pack([other, "--out", stranger.parent], capsys)
-    assert status == 2 and "not an lt-dist pack" in err
+    assert status == 2 and "lt-dist did not write" in err
     status, _, err = pack([other, "--out", packed.parent, "--overwrite"], capsys)
     assert status == 0, err
     assert load_manifest(str(packed)).samples_per_class.tolist() == [3, 3]

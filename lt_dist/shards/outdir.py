@@ -41,9 +41,11 @@ def check_split_name(name: str) -> str:
 def is_own_file(name: str) -> bool:
     """True for a file name that a pack writes (finished, temporary, index or lock)."""
     base = _TEMP_SUFFIX.sub("", name)
+    if base in INDEX_FILES or base == LOCK_FILE:
+        return True
     if base != name and base.startswith("."):  # shard temp files are ".cls...tar.tmp-PID"
         base = base[1:]
-    return base in INDEX_FILES or base == LOCK_FILE or parse_shard_name(base) is not None
+    return parse_shard_name(base) is not None
 
 
 def foreign_entries(split_dir: str) -> list[str]:
