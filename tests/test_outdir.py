@@ -161,3 +161,22 @@ def test_unfinished_pack_with_a_cut_shard_writes_it_again(packed, capsys):
     assert status == 0, err
     assert shard.read_bytes() == original
     assert run_cli(["verify", out, "--decode"], capsys)[0] == 0
+
+
+def test_splits_of_one_dataset_must_share_classes(packed, tmp_path, capsys):
+    """A val packed from another source is refused at pack time, and check_splits_agree
+    (what training and extraction call) names it when it got there by hand."""
+    from lt_dist.errors import UserInputError
+    from lt_dist.shards.manifest import check_splits_agree
+
+    images, out = packed
+    other = make_image_folder(tmp_path / "other", [2, 2, 2, 2])
+    status, _, err = pack([other, "--out", out, "--split", "val"], capsys)
+    assert status == 2 and "split 'train'" in err and "3 classes there, 4 here" in err
+    assert not (out / "val").exists()
+    status, _, err = pack([other, "--out", tmp_path / "elsewhere", "--split", "val"], capsys)
+    assert status == 0, err
+    (tmp_path / "elsewhere" / "val").rename(out / "val")
+    with pytest.raises(UserInputError, match=r"val' has other classes than .*train'.*4 classes in it, 3 in the first"):
+        check_splits_agree([str(out / "train"), str(out / "val")])
+    assert check_splits_agree([str(out / "train")]) == ["class_00", "class_01", "class_02"]

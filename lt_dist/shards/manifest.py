@@ -119,7 +119,8 @@ def find_splits(path: str, allow_unfinished: bool = False) -> list[str]:
     if is_unfinished_split(path):
         raise UserInputError(_unfinished_message(path))
     if not os.path.isdir(path):
-        raise UserInputError(f"{path!r} is not a packed dataset (no such folder)")
+        what = "a file" if os.path.exists(path) else "no such folder"
+        raise UserInputError(f"{path!r} is not a packed dataset ({what})")
     order = {"train": 0, "val": 1, "test": 2}  # the usual order, others after by name
     names = sorted((name for name in os.listdir(path) if is_split_dir(os.path.join(path, name))
                     or is_unfinished_split(os.path.join(path, name))),
@@ -201,3 +202,30 @@ def load_manifest(split_dir: str) -> Manifest:
         raise UserInputError(f"{os.path.join(split_dir, MANIFEST)!r} has {samples.num_rows} rows but "
                              f"{DATASET_JSON} counts {sum(info['samples_per_class'])} samples; pack the split again")
     return Manifest(split_dir, samples, shards, info)
+
+
+def class_difference(theirs: object, ours: list[str], there: str = "there", here: str = "here") -> str | None:
+    """How two class-name lists differ (None when equal), for messages."""
+    if theirs == ours:
+        return None
+    if not isinstance(theirs, list) or len(theirs) != len(ours):
+        return f"{len(theirs) if isinstance(theirs, list) else 'no'} classes {there}, {len(ours)} {here}"
+    index = next(i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b)
+    return f"class {index} is {theirs[index]!r} {there}, {ours[index]!r} {here}"
+
+
+def check_splits_agree(split_dirs: list[str]) -> list[str]:
+    """The class names shared by finished splits of one dataset (train, val, test...).
+
+    Raises UserInputError naming the first split whose class names or count differ
+    from the first split's: labels of a split packed from another source mean other
+    classes, and training or evaluating across them would be silently meaningless.
+    """
+    first = read_info(split_dirs[0])["class_names"]
+    for split_dir in split_dirs[1:]:
+        difference = class_difference(read_info(split_dir)["class_names"], first, "in it", "in the first")
+        if difference:
+            raise UserInputError(f"split {split_dir!r} has other classes than {split_dirs[0]!r} "
+                                 f"({difference}); "
+                                 f"pack every split of a dataset from one source")
+    return first

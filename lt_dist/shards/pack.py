@@ -30,8 +30,8 @@ from lt_dist import __version__
 from lt_dist.errors import UserInputError
 from lt_dist.shards.format import FORMAT_NAME, FORMAT_VERSION, file_sha256
 from lt_dist.shards.images import CHECKS
-from lt_dist.shards.manifest import (MANIFEST, PLAN_FILE, SHARD_TABLE, is_split_dir, read_info,
-                                     write_split_index)
+from lt_dist.shards.manifest import (MANIFEST, PLAN_FILE, SHARD_TABLE, class_difference, is_split_dir,
+                                     read_info, write_split_index)
 from lt_dist.shards.outdir import (LOCK_FILE, SplitLock, check_split_name, foreign_entries,
                                    remove_own_files)
 from lt_dist.shards.plan import SplitPlan, SubsetOptions, check_split, fingerprint, plan_splits
@@ -193,18 +193,10 @@ def check_same_classes(out: str, splits: list[str], class_names: list[str]) -> N
     for entry in sorted(os.scandir(out), key=lambda e: e.name) if os.path.isdir(out) else []:
         if entry.name in splits or not is_split_dir(entry.path):
             continue
-        theirs = read_info(entry.path).get("class_names")
-        if theirs != class_names:
-            detail = (f"{len(theirs)} classes there, {len(class_names)} here" if not isinstance(theirs, list)
-                      or len(theirs) != len(class_names) else
-                      f"class {_first_difference(theirs, class_names)} differs")
-            raise UserInputError(f"split {entry.name!r} in {out!r} has other classes ({detail}); splits of "
-                                 f"one dataset must share class names: choose another --out")
-
-
-def _first_difference(theirs: list, ours: list) -> str:
-    index = next(i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b)
-    return f"{index} ({theirs[index]!r} there, {ours[index]!r} here)"
+        difference = class_difference(read_info(entry.path).get("class_names"), class_names)
+        if difference:
+            raise UserInputError(f"split {entry.name!r} in {out!r} has other classes ({difference}); splits "
+                                 f"of one dataset must share class names: choose another --out")
 
 
 def _run_tasks(tasks: list[ClassTask], runner: "_Runner", progress: bool, desc: str) -> list[ClassResult]:
