@@ -169,7 +169,7 @@ def read_info(split_dir: str) -> dict:
 def _check_info(path: str, info: dict) -> None:
     """The fields the readers size things by: class names and per-class counts that agree."""
     names, counts = info.get("class_names"), info.get("samples_per_class")
-    if not isinstance(names, list) or not isinstance(counts, list) or len(names) != len(counts) or not names:
+    if not isinstance(names, list) or not isinstance(counts, list) or len(names) != len(counts):
         raise UserInputError(f"{path!r}: class_names and samples_per_class must be lists of one length "
                              f"(one entry per class); pack the split again")
     bad = next((c for c in counts if type(c) is not int or c < 0), None)
