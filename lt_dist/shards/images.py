@@ -55,7 +55,7 @@ def load_image(item: Item, check: str = "decode") -> tuple[bytes, str, int, int]
     if check == "none":
         return data, ext, 0, 0
     image_format, mode, width, height = _check_decodes(data, item.path, full=check == "decode")
-    if mode in STORED_AS_READ.get(image_format, ()) and not (image_format == "PNG" and _png_bit_depth(data) > 8):
+    if stored_as_read(image_format, mode, data):
         ext = ext if ext in EXTENSIONS[image_format] else EXTENSIONS[image_format][0]
         return data, ext, width, height
     return _convert_to_png(data, item.path)
@@ -65,6 +65,13 @@ def load_image(item: Item, check: str = "decode") -> tuple[bytes, str, int, int]
 STORED_AS_READ = {"JPEG": ("L", "RGB"), "PNG": ("L", "LA", "RGB", "RGBA", "P")}
 EXTENSIONS = {"JPEG": ("jpg", "jpeg"), "PNG": ("png",)}
 _SIXTEEN_BIT = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+
+
+def stored_as_read(image_format: str | None, mode: str, data: bytes) -> bool:
+    """True for encoded images that DALI and PIL decode alike (STORED_AS_READ, 8-bit)."""
+    if mode not in STORED_AS_READ.get(image_format, ()):
+        return False
+    return image_format != "PNG" or _png_bit_depth(data) <= 8
 
 
 def _png_bit_depth(data: bytes) -> int:
