@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except UserInputError as error:
-        print(f"lt_dist {args.command}: error: {error}", file=sys.stderr)
+        print(f"lt_dist {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except OSError as error:  # a path that is missing, a file, read-only, full: the user's to fix
         where = f": {error.filename!r}" if error.filename else ""
-        print(f"lt_dist {args.command}: error: {error.strerror or error}{where}", file=sys.stderr)
+        print(f"lt_dist {args.command}: error: {_one_line(error.strerror or error)}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lt_dist {args.command}: interrupted; finished work is kept, run the same command "
@@ -64,9 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # a bug: one line, the traceback only on request
         if os.environ.get("LT_DIST_TRACEBACK") == "1":
             raise
-        print(f"lt_dist {args.command}: internal error: {type(error).__name__}: {error} "
+        print(f"lt_dist {args.command}: internal error: {type(error).__name__}: {_one_line(error)} "
               f"(LT_DIST_TRACEBACK=1 shows the traceback)", file=sys.stderr)
         return 1
+
+
+def _one_line(message: object) -> str:
+    """A message as one line (library errors, pyarrow's among them, may hold newlines)."""
+    return " ".join(str(message).split())
 
 
 if __name__ == "__main__":
