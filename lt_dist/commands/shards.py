@@ -121,7 +121,7 @@ def build_source(args):
 
 
 def run_pack(args) -> int:
-    from lt_dist.shards.pack import PackOptions, pack
+    from lt_dist.shards.pack import PackOptions, PackWorkerDied, pack
     from lt_dist.shards.plan import SubsetOptions
     from lt_dist.shards.writer import PackError, ShardLimits
 
@@ -138,6 +138,9 @@ def run_pack(args) -> int:
         summaries = pack(source, subset, options, ["lt_dist", *sys.argv[1:]])
     except PackError as error:
         raise UserInputError(str(error)) from None
+    except PackWorkerDied as error:  # a fault of the machine, not of the input: exit 1
+        print(f"lt_dist pack: {error}", file=sys.stderr)
+        return 1
     for summary in summaries.values():
         print(f"{summary['split']}: {summary['num_samples']} images, {summary['num_shards']} shards, "
               f"{summary['bytes'] / 1e6:.1f} MB, {summary['skipped']} skipped")

@@ -19,6 +19,8 @@ import os
 import sys
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -213,8 +215,17 @@ def _run_tasks(tasks: list[ClassTask], runner: "_Runner", progress: bool, desc: 
     return sorted(results, key=lambda result: result.label)
 
 
+class PackWorkerDied(RuntimeError):
+    """A packing process ended without a result (killed, out of memory): a machine fault."""
+
+
 class _Runner:
-    """Runs ClassTasks in this process (workers=1) or in one spawn pool kept for all splits."""
+    """Runs ClassTasks in this process (workers=1) or in one spawn pool kept for all splits.
+
+    A ProcessPoolExecutor rather than multiprocessing.Pool: when a worker is killed,
+    Pool waits forever for the task it held; the executor fails every pending task
+    with BrokenProcessPool, which becomes PackWorkerDied.
+    """
 
     def __init__(self, workers: int):
         self.workers, self.pool, self.bar = workers, None, None
@@ -223,7 +234,8 @@ class _Runner:
         if self.workers > 1:
             context = mp.get_context("spawn")  # no fork of a process that may hold threads
             self.queue = context.Queue()
-            self.pool = context.Pool(self.workers, initializer=_init_worker, initargs=(self.queue,))
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker,
+                                            initargs=(self.queue,))
             self.reader = threading.Thread(target=self._drain_progress, daemon=True)
             self.reader.start()
         return self
@@ -232,7 +244,12 @@ class _Runner:
         self.bar = bar
         if self.pool is None:
             return [pack_class(task, bar.update) for task in tasks]
-        return list(self.pool.imap_unordered(_pack_in_worker, tasks))
+        futures = [self.pool.submit(_pack_in_worker, task) for task in tasks]
+        try:
+            return [future.result() for future in as_completed(futures)]
+        except BrokenProcessPool:
+            raise PackWorkerDied("a packing process died (killed, or out of memory); the shards finished "
+                                 "so far are kept: run the same command again to carry on") from None
 
     def _drain_progress(self) -> None:
         while (count := self.queue.get()) is not None:
@@ -240,8 +257,12 @@ class _Runner:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.pool is not None:
-            self.pool.terminate() if exc_type else self.pool.close()
-            self.pool.join()
+            if exc_type:  # stop now, as Pool.terminate did: the other classes' work is not wanted
+                for process in list(getattr(self.pool, "_processes", {}).values()):
+                    process.terminate()
+            self.pool.shutdown(wait=True, cancel_futures=bool(exc_type))
+            if exc_type:  # a killed worker may hold the queue's write lock: do not wait on it at exit
+                self.queue.cancel_join_thread()
             self.queue.put(None)
             self.reader.join(timeout=5)
 
