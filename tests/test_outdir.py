@@ -180,3 +180,17 @@ def test_splits_of_one_dataset_must_share_classes(packed, tmp_path, capsys):
     with pytest.raises(UserInputError, match=r"val' has other classes than .*train'.*4 classes in it, 3 in the first"):
         check_splits_agree([str(out / "train"), str(out / "val")])
     assert check_splits_agree([str(out / "train")]) == ["class_00", "class_01", "class_02"]
+
+
+@pytest.mark.parametrize("damage", ["dataset.json", "ids.txt"])
+def test_rerun_rewrites_a_lost_or_garbled_index_file(packed, capsys, damage):
+    images, out = packed
+    before = (out / "train" / "manifest.parquet").read_bytes()
+    if damage == "dataset.json":
+        (out / "train" / damage).write_text("{torn")
+    else:
+        (out / "train" / damage).unlink()
+    status, _, err = pack([images, "--out", out, "--shard-count", 3], capsys)
+    assert status == 0 and "index files are damaged" in err, err
+    assert (out / "train" / "manifest.parquet").read_bytes() == before
+    assert run_cli(["verify", out], capsys)[0] == 0 and run_cli(["stats", out], capsys)[0] == 0

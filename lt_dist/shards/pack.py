@@ -32,7 +32,7 @@ from lt_dist import __version__
 from lt_dist.errors import UserInputError
 from lt_dist.shards.format import FORMAT_NAME, FORMAT_VERSION, file_sha256
 from lt_dist.shards.images import CHECKS
-from lt_dist.shards.manifest import (MANIFEST, PLAN_FILE, SHARD_TABLE, class_difference, is_split_dir,
+from lt_dist.shards.manifest import (IDS_LIST, MANIFEST, PLAN_FILE, SHARD_TABLE, class_difference, is_split_dir,
                                      read_info, write_split_index)
 from lt_dist.shards.outdir import (LOCK_FILE, SplitLock, check_split_name, foreign_entries,
                                    remove_own_files)
@@ -147,10 +147,11 @@ def _prepare_output(split_dir: str, stamp: str, overwrite: bool) -> bool:
                 f"{str(previous)[:12]} there, {stamp[:12]} now); choose another --out or pass --overwrite")
         if is_split_dir(split_dir):
             damaged = damaged_shards(split_dir)
-            if not damaged:
+            if not damaged and _index_readable(split_dir):
                 return True
             _log(f"{split_dir}: {len(damaged)} finished shards are missing or damaged "
-                 f"(first: {damaged[0]}); packing them again")
+                 f"(first: {damaged[0]}); packing them again" if damaged else
+                 f"{split_dir}: its index files are damaged; writing them again")
             os.remove(os.path.join(split_dir, MANIFEST))  # first: the folder is unfinished from here on
             for name in damaged:
                 if os.path.exists(path := os.path.join(split_dir, name)):
@@ -172,6 +173,15 @@ def _read_plan(plan_path: str) -> str | None:
             return json.load(handle).get("fingerprint")
     except (ValueError, AttributeError):  # torn or hand-edited: not this plan
         return None
+
+
+def _index_readable(split_dir: str) -> bool:
+    """dataset.json reads and ids.txt is there (the shard table was checked shard by shard)."""
+    try:
+        read_info(split_dir)
+    except UserInputError:
+        return False
+    return os.path.isfile(os.path.join(split_dir, IDS_LIST))
 
 
 def damaged_shards(split_dir: str) -> list[str]:
