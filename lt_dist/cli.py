@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from lt_dist import __version__
@@ -25,9 +26,16 @@ EPILOG = """examples:
 """
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose mistakes end in one line (no usage block) and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The full `lt_dist` parser (reusable by scripts that wrap it)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="lt_dist", add_help=add_help, epilog=EPILOG,
         description="lt-dist: long-tailed recognition by decoupling representation and classifier.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,12 +56,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except UserInputError as error:
-        print(f"lt_dist {args.command}: error: {error}", file=sys.stderr)
+        print(f"lt_dist {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a path that is missing, a file, read-only, full: the user's to fix
+        where = f": {error.filename!r}" if error.filename else ""
+        print(f"lt_dist {args.command}: error: {_one_line(error.strerror or error)}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lt_dist {args.command}: interrupted; finished work is kept, run the same command "
               f"again to carry on", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug: one line, the traceback only on request
+        if os.environ.get("LT_DIST_TRACEBACK") == "1":
+            raise
+        print(f"lt_dist {args.command}: internal error: {type(error).__name__}: {_one_line(error)} "
+              f"(LT_DIST_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(message: object) -> str:
+    """A message as one line (library errors, pyarrow's among them, may hold newlines)."""
+    return " ".join(str(message).split())
 
 
 if __name__ == "__main__":

@@ -8,6 +8,11 @@ import numpy as np
 
 from lt_dist.errors import UserInputError
 
+# The draws are held in memory at once (a row and a label each): a bound fixed by what a
+# share estimate needs (at 20M draws the standard error of a 1% share is ~2e-5), not by
+# the number typed.
+MAX_DRAWS = 20_000_000
+
 
 def add_parsers(subparsers) -> None:
     """Register sample-stats and extract."""
@@ -33,18 +38,34 @@ def add_parsers(subparsers) -> None:
 
 
 def run_sample_stats(args) -> int:
-    from lt_dist.data.balance import class_probs
-    from lt_dist.data.loader import BalancedLoader, LoaderConfig
-    from lt_dist.data.audit import format_share_table, share_table
-    from lt_dist.data.sampler import SamplerConfig
-    from lt_dist.dist import World
+    # The arguments are checked before the loader (and torch) is imported: a typo costs
+    # a fraction of a second, not the ten a torch import takes on a busy machine.
+    from lt_dist.data.balance import class_probs, resolve_strategy
     from lt_dist.shards.manifest import load_manifest, resolve_split
 
-    if args.draws < 1:
-        raise UserInputError(f"--draws must be >= 1, got {args.draws}")
+    if not 1 <= args.draws <= MAX_DRAWS:
+        raise UserInputError(f"--draws {args.draws} is out of range: 1 to {MAX_DRAWS:,} "
+                             f"(about 16 bytes of memory each)")
+    if args.epochs < 1 or not 0 <= args.epoch < args.epochs:
+        raise UserInputError(f"--epoch {args.epoch} / --epochs {args.epochs}: need epochs >= 1 and "
+                             f"0 <= epoch < epochs")
+    if args.seed < 0:
+        raise UserInputError(f"--seed must be >= 0, got {args.seed}")
+    strategy = args.sampler if not _is_number(args.sampler) else float(args.sampler)
+    if isinstance(strategy, float) and not 0 <= strategy <= 1:  # NaN fails this too
+        raise UserInputError(f"--sampler {args.sampler!r}: a number q must lie in [0, 1]")
+    try:
+        resolve_strategy(strategy)
+    except ValueError as error:
+        raise UserInputError(str(error)) from None
     split_dir = resolve_split(args.path, args.split)  # a split folder is taken as it is
     counts = load_manifest(split_dir).samples_per_class
-    strategy = args.sampler if not _is_number(args.sampler) else float(args.sampler)
+
+    from lt_dist.data.audit import format_share_table, share_table
+    from lt_dist.data.loader import BalancedLoader, LoaderConfig
+    from lt_dist.data.sampler import SamplerConfig
+    from lt_dist.dist import World
+
     config = SamplerConfig(strategy, args.seed, args.epochs, "pad", args.draws, args.draw)
     try:
         target = class_probs(counts, strategy, args.epoch, args.epochs)

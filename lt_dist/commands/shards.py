@@ -82,11 +82,17 @@ def _class_names(text: str | None) -> list[str] | None:
         return None
     if text.startswith("@"):
         try:
-            with open(text[1:], encoding="utf-8") as handle:
-                return [line.strip() for line in handle if line.strip()]
+            with open(text[1:], encoding="utf-8-sig") as handle:
+                names = [line.strip() for line in handle if line.strip()]
         except OSError as error:
             raise UserInputError(f"cannot read --class-names file {text[1:]!r}: {error.strerror}") from None
-    return [name.strip() for name in text.split(",")]
+        except UnicodeDecodeError:
+            raise UserInputError(f"--class-names file {text[1:]!r} is not UTF-8 text") from None
+    else:
+        names = [name.strip() for name in text.split(",")]
+    if not names or not all(names) or len(set(names)) != len(names):
+        raise UserInputError(f"--class-names {text!r} must list distinct, non-empty names")
+    return names
 
 
 def build_source(args):
@@ -115,7 +121,7 @@ def build_source(args):
 
 
 def run_pack(args) -> int:
-    from lt_dist.shards.pack import PackOptions, pack
+    from lt_dist.shards.pack import PackOptions, PackWorkerDied, pack
     from lt_dist.shards.plan import SubsetOptions
     from lt_dist.shards.writer import PackError, ShardLimits
 
@@ -132,6 +138,9 @@ def run_pack(args) -> int:
         summaries = pack(source, subset, options, ["lt_dist", *sys.argv[1:]])
     except PackError as error:
         raise UserInputError(str(error)) from None
+    except PackWorkerDied as error:  # a fault of the machine, not of the input: exit 1
+        print(f"lt_dist pack: {error}", file=sys.stderr)
+        return 1
     for summary in summaries.values():
         print(f"{summary['split']}: {summary['num_samples']} images, {summary['num_shards']} shards, "
               f"{summary['bytes'] / 1e6:.1f} MB, {summary['skipped']} skipped")
@@ -158,13 +167,22 @@ def run_stats(args) -> int:
 def run_verify(args) -> int:
     from tqdm import tqdm
 
-    from lt_dist.shards.manifest import find_splits
+    from lt_dist.shards.manifest import find_splits, is_split_dir
     from lt_dist.shards.verify import verify_split
 
     failed = False
-    for split_dir in find_splits(args.path):
-        with tqdm(desc=f"verify {split_dir}", unit="img", file=sys.stderr, disable=None) as bar:
-            report = verify_split(split_dir, decode=args.decode, progress=bar.update)
+    for split_dir in find_splits(args.path, allow_unfinished=True):
+        if not is_split_dir(split_dir):
+            print(f"{split_dir}: FAILED (unfinished: shards but no manifest.parquet; run its pack again)")
+            failed = True
+            continue
+        try:
+            with tqdm(desc=f"verify {split_dir}", unit="img", file=sys.stderr, disable=None) as bar:
+                report = verify_split(split_dir, decode=args.decode, progress=bar.update)
+        except UserInputError as error:  # a damaged index is a finding of verify, not a usage error
+            print(f"{split_dir}: FAILED ({error})")
+            failed = True
+            continue
         status = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
         decoded = f", {report.decoded} decoded" if args.decode else ""
         print(f"{split_dir}: {report.num_shards} shards, {report.num_samples} samples{decoded}: {status}")

@@ -9,14 +9,13 @@ what a reader adds to its process: about 80 MB instead of 165 MB for the whole t
 """
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from lt_dist.shards.manifest import DATASET_JSON, MANIFEST, resolve_split
+from lt_dist.shards.manifest import MANIFEST, read_index_table, read_info, resolve_split
 
 
 class ShardReader:
@@ -26,12 +25,11 @@ class ShardReader:
         if max_open_files < 1:
             raise ValueError(f"max_open_files must be >= 1, got {max_open_files}")
         self.split_dir = resolve_split(split_dir)
-        with open(os.path.join(self.split_dir, DATASET_JSON), encoding="utf-8") as handle:
-            info = json.load(handle)
+        info = read_info(self.split_dir)
         self._manifest = os.path.join(self.split_dir, MANIFEST)
         # The shard column comes back dictionary-encoded: one int32 per row, names once.
-        table = pq.read_table(self._manifest, columns=["label", "shard", "offset", "size"],
-                              memory_map=True, read_dictionary=["shard"])
+        table = read_index_table(self.split_dir, MANIFEST, columns=["label", "shard", "offset", "size"],
+                                 memory_map=True, read_dictionary=["shard"])
         if table.num_rows == 0:
             raise ValueError(f"{split_dir}: the manifest holds no samples")
         self.samples_per_class = np.asarray(info["samples_per_class"], dtype=np.int64)

@@ -12,7 +12,7 @@ import tarfile
 from dataclasses import dataclass, field
 
 from lt_dist.shards.format import file_sha256
-from lt_dist.shards.images import decode_image
+from lt_dist.shards.images import decode_image, stored_as_read
 from lt_dist.shards.manifest import load_manifest
 
 
@@ -106,7 +106,12 @@ def _decode_rows(path: str, rows: list[dict], report: VerifyReport) -> None:
             handle.seek(row["offset"])
             data = handle.read(row["size"])
             try:
-                decode_image(data)
+                image = decode_image(data)
                 report.decoded += 1
             except Exception as error:  # PIL raises many types for broken data
                 report.problems.append(f"{os.path.basename(path)}: {row['key']} does not decode: {error}")
+                continue
+            if not stored_as_read(image.format, image.mode, data):  # packed by an older lt-dist
+                report.problems.append(f"{os.path.basename(path)}: {row['key']} is {image.format} "
+                                       f"({image.mode}), which DALI and torchvision do not decode alike; "
+                                       f"pack the split again with --overwrite")
