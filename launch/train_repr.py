@@ -13,6 +13,7 @@ import warnings
 
 from lt_dist.config import TrainConfig
 from lt_dist.errors import UserInputError
+from lt_dist.optional import default_decoder
 
 
 def _loss_param(text: str) -> tuple[str, float | bool]:
@@ -52,8 +53,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     arg("--train-preset", default=defaults.train_preset, help="imagenet_train | small_train (default: %(default)s)")
     arg("--eval-preset", default=defaults.eval_preset, help="imagenet_eval | small_eval (default: %(default)s)")
     arg("--image-size", type=int, help="crop size of both presets (e.g. 28 for Fashion-MNIST)")
-    arg("--decoder", default=defaults.decoder, choices=("dali", "torchvision"),
-        help="dali (GPU 'mixed' when CUDA is there, else CPU) or torchvision (default: %(default)s)")
+    arg("--decoder", default=default_decoder(), choices=("dali", "torchvision"),
+        help="dali (GPU 'mixed' when CUDA is there, else CPU) or torchvision (nvJPEG in batches when CUDA "
+        "is there, else PIL in the loader workers); default: dali where it is installed, else torchvision")
     arg("--workers", type=int, default=defaults.workers, help="loader processes per rank (default: %(default)s)")
     arg("--ckpt-every", type=int, default=defaults.ckpt_every, help="also checkpoint every N optimizer steps")
     arg("--keep-checkpoints", type=int, default=defaults.keep_checkpoints, help="newest checkpoints kept")

@@ -17,6 +17,7 @@ import socket
 import sys
 
 from lt_dist.errors import UserInputError
+from lt_dist.optional import require
 
 DEFAULT_METHODS = "joint,ncm,crt,tau_norm,lws,learned_tau,cosine"
 
@@ -158,6 +159,7 @@ def run_search(args, trials: list[dict], out: str) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
+        require("ray", "tune/search_stage2.py")
         trials, out = prepare(args)
         os.makedirs(out, exist_ok=True)
         results = run_search(args, trials, out)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 
 from lt_dist.errors import UserInputError
+from lt_dist.optional import default_decoder
 
 # The draws are held in memory at once (a row and a label each): a bound fixed by what a
 # share estimate needs (at 20M draws the standard error of a 1% share is ~2e-5), not by
@@ -101,7 +102,9 @@ def _add_extract(subparsers) -> None:
     parser.add_argument("--split", action="append", dest="splits",
                         help="split to extract, repeatable (default: train, val, and test if present)")
     parser.add_argument("--out", required=True, help="features folder features/NAME")
-    parser.add_argument("--decoder", choices=("dali", "torchvision"), default="dali", help="image decoder")
+    parser.add_argument("--decoder", choices=("dali", "torchvision"), default=default_decoder(),
+                        help="image decoder (default: dali where it is installed, else torchvision; both "
+                        "decode on the GPU when CUDA is there)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch per process")
     parser.add_argument("--workers", type=int, default=2, help="loader processes per rank")
     parser.set_defaults(run=run_extract)

@@ -22,6 +22,7 @@ from lt_dist.dist import World, process_group_closed_at_exit
 from lt_dist.engine.checkpoint import load_best_model
 from lt_dist.errors import UserInputError
 from lt_dist.models.resnet import build_model
+from lt_dist.optional import require
 from lt_dist.shards.manifest import load_manifest, resolve_split
 from lt_dist.stage2 import store
 
@@ -49,6 +50,8 @@ def extract(ckpt: str, data: str, splits: list[str], out: str, decoder: str = "d
             batch_size: int = 256, workers: int = 2) -> dict:
     """Write out/<split>.arrow for each split, classifier.arrow and features.json; returns the index."""
     world = World.from_env()
+    if decoder == "dali":
+        require("nvidia.dali", "--decoder dali")
     best = load_best_model(ckpt)
     split_dirs = {split: resolve_split(data, split) for split in splits}
     counts = {split: load_manifest(split_dir).samples_per_class for split, split_dir in split_dirs.items()}

@@ -27,11 +27,15 @@ from lt_dist.engine.reports import append_per_class, write_test_results
 from lt_dist.errors import UserInputError
 from lt_dist.losses import LOSSES, build_loss
 from lt_dist.models.resnet import MODELS, build_model
+from lt_dist.optional import require
 from lt_dist.shards.manifest import load_manifest, resolve_split
 
 
 def check_inputs(config: TrainConfig, ds_config_path: str, world: World) -> tuple[dict, dict]:
     """Everything checkable before distributed start-up; returns (resolved ds.json, dataset facts)."""
+    require("deepspeed", "stage 1 (launch/train_repr.py)")
+    if config.decoder == "dali":
+        require("nvidia.dali", "--decoder dali")
     try:
         validate(config)
         resolve_strategy(config.sampler)
