@@ -16,7 +16,7 @@ DEMO_EPOCHS ?= 20
 # Where DeepSpeed caches its JIT-compiled ops between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: help setup demo-data browser demo test test-all bench bench-fashion-lt clean
+.PHONY: help setup demo-data browser demo test test-all bench bench-fashion-lt gpu-wheels clean
 
 help:
 	@echo "make demo   set up, then the whole pipeline on Fashion-MNIST-LT: pack, stage 1 with"
@@ -25,6 +25,7 @@ help:
 	@echo "make test-all   the whole suite, slow multi-process tests included"
 	@echo "make bench  run the benchmarks under bench/ (tables + bench/results/*.json)"
 	@echo "make bench-fashion-lt   the seeds x samplers table of the README (about an hour)"
+	@echo "make gpu-wheels   what bench/gpu_check.py needs on a bare GPU machine, in gpu-wheels/"
 
 setup: $(VENV)/.installed-$(EXTRAS)
 
@@ -89,6 +90,31 @@ bench: setup demo-data
 # About an hour on 2 cores: the demo pipeline over 3 seeds and 4 stage-1 samplers/losses.
 bench-fashion-lt: setup demo-data
 	$(BIN)/python bench/fashion_lt.py --epochs 12
+
+# What a bare GPU machine (Python 3.12 with torch, numpy, tqdm; no network) lacks for
+# bench/gpu_check.py, as Python 3.12 manylinux x86_64 wheels in gpu-wheels/ (ignored by
+# git, carried to that machine): DeepSpeed, built here from its sdist without ops (a
+# pure-Python wheel), its small needs at the versions tested here, and the two photos
+# the check cuts its JPEGs from. Refused above 40 MiB. See docs/BENCHMARKS.md.
+GPU_WHEELS := gpu-wheels
+GPU_WHEEL_DEPS := einops==0.8.2 hjson==3.1.0 msgpack==1.2.4 ninja==1.13.2 psutil==7.2.2 py-cpuinfo==9.0.0 \
+	pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-extensions==4.16.0 \
+	typing-inspection==0.4.5 packaging==26.4
+GPU_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 \
+	manylinux_2_12_x86_64 manylinux2010_x86_64,--platform $(p))
+
+gpu-wheels: setup
+	rm -rf $(GPU_WHEELS).tmp && mkdir -p $(GPU_WHEELS).tmp/photos
+	DS_BUILD_OPS=0 $(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w $(GPU_WHEELS).tmp deepspeed==0.19.8
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--abi cp312 $(GPU_PLATFORMS) -d $(GPU_WHEELS).tmp $(GPU_WHEEL_DEPS)
+	$(BIN)/python -c "import os, shutil, sklearn.datasets as d; \
+		[shutil.copy(os.path.join(os.path.dirname(d.__file__), 'images', n), '$(GPU_WHEELS).tmp/photos') \
+		 for n in ('china.jpg', 'flower.jpg')]"
+	@kib=$$(du -sk $(GPU_WHEELS).tmp | cut -f1); if [ $$kib -gt 40960 ]; then \
+		echo "gpu-wheels: $$kib KiB is over the 40 MiB a device call may carry"; exit 1; fi
+	rm -rf $(GPU_WHEELS) && mv $(GPU_WHEELS).tmp $(GPU_WHEELS)
+	@du -sh $(GPU_WHEELS); ls $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache test-artifacts

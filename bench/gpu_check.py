@@ -59,10 +59,22 @@ class CannotRun(Exception):
 
 
 def install_wheels(folder: str, target: str) -> None:
-    """pip install --no-index --no-deps every wheel in `folder` into `target` (a path for PYTHONPATH)."""
+    """pip install --no-index --no-deps every wheel in `folder` into `target` (a path for PYTHONPATH).
+
+    Where this Python has no pip, the wheels are unpacked instead: a wheel is a zip of
+    its import tree, which is all these (no scripts, no compiled entry points) need.
+    """
+    import importlib.util
+    import zipfile
+
     wheels = sorted(glob.glob(os.path.join(folder, "*.whl")))
     if not wheels:
         raise CannotRun(f"--wheels {folder!r} holds no .whl files: run `make gpu-wheels` on a networked machine")
+    if importlib.util.find_spec("pip") is None:
+        for wheel in wheels:
+            with zipfile.ZipFile(wheel) as archive:
+                archive.extractall(target)
+        return
     result = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
                              "--target", target, *wheels], capture_output=True, text=True)
     if result.returncode:
