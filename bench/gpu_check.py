@@ -43,7 +43,8 @@ GPU_SETTINGS = {"device": "cuda", "photos": 2000, "classes": 20, "matmul_n": 819
                 "train_preset": "imagenet_train", "eval_preset": "imagenet_eval", "image_size": None,
                 "crt_epochs": 10, "stage2_rows": 115846, "stage2_dim": 2048, "stage2_classes": 1000}
 DRY_SETTINGS = {**GPU_SETTINGS, "device": "cpu", "photos": 40, "classes": 4, "matmul_n": 64, "matmul_reps": 2,
-                "decode_images": 12, "decode_batch": 8, "decode_passes": 1, "arch": "resnet10", "size": 32, "small_input": True,
+                "decode_images": 12, "decode_batch": 8, "decode_passes": 1, "arch": "resnet10", "size": 32,
+                "small_input": True,
                 "batch": 4, "steps": 1, "blocks": 1, "stage1_arch": "resnet10", "stage1_batch": 8,
                 "val_per_class": 1, "pack_workers": 1, "loader_workers": 1, "train_preset": "small_train",
                 "eval_preset": "small_eval", "image_size": 16, "crt_epochs": 1, "stage2_rows": 2000,

@@ -242,7 +242,8 @@ def step_stage1(settings: dict) -> dict:
     with open(os.path.join(run, "log.jsonl"), encoding="utf-8") as handle:
         epochs = [record for record in map(json.loads, handle) if record["kind"] == "epoch"]
     return {"pack_seconds": pack_seconds, "run": run, "shards": shards, "arch": settings["stage1_arch"],
-            "decoder": "torchvision nvJPEG (main process)" if torch.cuda.is_available() else "torchvision PIL (workers)",
+            "decoder": ("torchvision nvJPEG (main process)" if torch.cuda.is_available()
+                        else "torchvision PIL (workers)"),
             "epochs": [{key: record[key] for key in ("epoch", "images_per_s", "data_wait", "seconds", "val_all")}
                        for record in epochs]}
 

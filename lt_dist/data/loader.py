@@ -103,7 +103,8 @@ class BalancedLoader:
             raise ValueError(f"num_workers must be >= 0, got {config.num_workers}")
         self.config, self.world = config, world
         # Decided once, from torch.cuda.is_available(): nothing is tried and caught later.
-        self.decode_device = None if config.decoder != "torchvision" else resolve_device(config.device, world.local_rank)
+        self.decode_device = (resolve_device(config.device, world.local_rank) if config.decoder == "torchvision"
+                              else None)
         if sampler is None:  # the default: balanced sampling as config.sampler says
             if samples_per_class is None:
                 samples_per_class = ShardReader(config.split_dir, 1).samples_per_class
