@@ -78,3 +78,14 @@ def test_a_wheel_folder_without_wheels_is_refused_in_one_line(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "holds no .whl files" in lines[0] and "make gpu-wheels" in lines[0]
+
+
+def test_without_deepspeed_the_check_is_refused_in_one_line(tmp_path):
+    """sys.modules[name] = None is how Python spells "not importable" (find_spec gives None)."""
+    code = ("import runpy, sys; sys.modules['deepspeed'] = None; "
+            f"sys.argv = ['gpu_check.py', '--dry-run', '--out', {str(tmp_path / 'x.json')!r}]; "
+            f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and not (tmp_path / "x.json").exists()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DeepSpeed is not installed" in lines[0] and "make gpu-wheels" in lines[0]
