@@ -29,7 +29,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path[:0] = [REPO, BENCH, os.path.join(REPO, "launch")]  # lt_dist, common/train_step, train_repr
 
-from common import image_files, load_photos, photo_folder  # noqa: E402
+from common import image_files, load_photos, long_tailed_counts, photo_folder  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -266,12 +266,13 @@ def step_extract(settings: dict) -> dict:
 
 def tau_sweep(features: np.ndarray, labels: np.ndarray, weight: np.ndarray, taus: list[float],
               device: torch.device) -> tuple[list[float], float]:
-    """Top-1 (percent) of f (w_j / ||w_j||^tau)^T for each tau, on `device`; and the seconds it took."""
+    """Top-1 (percent) of f (w_j / ||w_j||^tau)^T for each tau, on `device`; and the seconds it took
+    (copy to the device included; the stored features are read-only memory maps, hence np.array)."""
     from lt_dist.stage2.heads import tau_normalize
 
+    features, labels, weight = np.array(features), np.array(labels), np.array(weight)
     started = time.perf_counter()
-    x, y = torch.from_numpy(features).to(device), torch.from_numpy(labels).to(device)
-    w = torch.from_numpy(np.ascontiguousarray(weight)).to(device)
+    x, y, w = (torch.from_numpy(array).to(device) for array in (features, labels, weight))
     hits = torch.stack([((x @ tau_normalize(w, tau).T).argmax(dim=1) == y).sum() for tau in taus])
     accuracy = (100.0 * hits.cpu().numpy() / len(labels)).tolist()  # one read-back for the sweep
     return accuracy, time.perf_counter() - started
@@ -286,8 +287,10 @@ def _stage2_on(train, val, weight: np.ndarray, settings: dict, device: torch.dev
     accuracy, sweep_seconds = tau_sweep(val.features, val.labels, weight, taus, device)
     classifier = StageOneClassifier(weight, np.zeros(len(weight), np.float32), np.bincount(train.labels,
                                                                                            minlength=len(weight)))
+    params = {"device": str(device), "epochs": settings["crt_epochs"]}
+    fit_method("crt", train, classifier, {**params, "epochs": 1})  # warm-up: lazy imports, CUDA kernels
     started = time.perf_counter()
-    predictor = fit_method("crt", train, classifier, {"device": str(device), "epochs": settings["crt_epochs"]})
+    predictor = fit_method("crt", train, classifier, params)
     crt_seconds = time.perf_counter() - started
     crt_top1 = float(100.0 * (predictor(val.features).argmax(axis=1) == val.labels).mean())
     best = int(np.argmax(accuracy))
@@ -308,7 +311,8 @@ def step_stage2(settings: dict) -> dict:
                            np.asarray(stored["weight"]), settings, device)
     rng = np.random.default_rng(0)
     rows, dim, classes = settings["stage2_rows"], settings["stage2_dim"], settings["stage2_classes"]
-    labels = np.minimum((rng.pareto(1.0, rows) * classes / 20).astype(np.int64), classes - 1)
+    # ImageNet-LT's shape: an exponential profile, imbalance 256 (1,280 down to 5 per class)
+    labels = rng.permutation(np.repeat(np.arange(classes), long_tailed_counts(rows, classes, 256.0)))
     features = rng.standard_normal((rows, dim), dtype=np.float32)
     weight = rng.standard_normal((classes, dim), dtype=np.float32)
     sized = _stage2_on(FeatureSplit(features, labels), FeatureSplit(features[:20000], labels[:20000]), weight,
