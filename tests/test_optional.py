@@ -41,6 +41,8 @@ def test_require_names_the_package_and_the_extra():
     (["nvidia.dali"], "launch/train_repr.py --data shards/x --out runs/x --decoder dali", "nvidia-dali"),
     (["nvidia.dali"], "-m lt_dist.cli extract --ckpt runs/x --data shards/x --out f/x --decoder dali", "nvidia-dali"),
     (["ray"], "tune/search_stage2.py --features features/x", "ray[tune]"),
+    (["nvidia.dali"], "-m lt_dist.cli evaluate models/x --data shards/x --decoder dali", "nvidia-dali"),
+    (["nvidia.dali"], "-m lt_dist.cli predict models/x a.jpg --decoder dali", "nvidia-dali"),
 ])
 def test_a_missing_package_is_one_line_and_exit_2(missing, argv, names):
     args = argv.split()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from lt_dist.errors import UserInputError
+from lt_dist.optional import default_decoder, require
 
 
 def add_parsers(subparsers) -> None:
@@ -31,8 +32,9 @@ def add_parsers(subparsers) -> None:
     evaluate.add_argument("--data", required=True, help="packed dataset shards/NAME")
     evaluate.add_argument("--split", default="test", help="split to evaluate")
     evaluate.add_argument("--out", help="per-class CSV (default: MODEL/per_class_SPLIT.csv; metrics JSON beside it)")
-    evaluate.add_argument("--decoder", choices=("dali", "torchvision"), default="dali",
-                          help="image decoder (use the one extract used to reproduce the search exactly)")
+    evaluate.add_argument("--decoder", choices=("dali", "torchvision"), default=default_decoder(),
+                          help="image decoder (use the one extract used to reproduce the search exactly; "
+                          "default: dali where it is installed, else torchvision)")
     evaluate.add_argument("--batch-size", type=int, default=256, help="images per batch")
     evaluate.add_argument("--workers", type=int, default=2, help="loader processes")
     evaluate.set_defaults(run=run_evaluate)
@@ -96,6 +98,8 @@ def run_evaluate(args) -> int:
 
     if args.batch_size < 1 or args.workers < 0:
         raise UserInputError(f"need --batch-size >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
+    if args.decoder == "dali":
+        require("nvidia.dali", "--decoder dali")
     if args.out:
         _check_writable(args.out, "--out")
     model = _load(args.model)
@@ -117,6 +121,8 @@ def run_predict(args) -> int:
 
     if args.top_k < 1 or args.batch_size < 1:
         raise UserInputError(f"--top-k and --batch-size must be >= 1, got {args.top_k} and {args.batch_size}")
+    if args.decoder == "dali":
+        require("nvidia.dali", "--decoder dali")
     paths = collect_paths(args.images, args.folder, args.list_file)
     if args.out:
         _check_writable(args.out, "--out")
