@@ -80,7 +80,7 @@ def test_decode_images_on_the_cpu_is_pil_with_exif_applied(china):
     pixels = china[:64, :80]
     data = [encode_image(pixels, "PNG"), _exif_rotated(pixels)]
     images = decode_images(data, CPU)
-    assert torch.equal(images[0], torch.from_numpy(pixels).permute(2, 0, 1))
+    assert torch.equal(images[0], torch.from_numpy(pixels.copy()).permute(2, 0, 1))
     assert images[1].shape == (3, 80, 64)  # shown upright: width and height swapped
 
 
