@@ -53,13 +53,31 @@ def check_inputs(config: TrainConfig, ds_config_path: str, world: World) -> tupl
     facts = {"train_dir": train.split_dir, "val_dir": val.split_dir, "counts": counts,
              "class_names": train.class_names,
              "test_dir": resolve_split(test_dir) if os.path.isdir(test_dir) else None}
+    check_output_folder(config.out, "--out")
     ckpt_dir = os.path.join(config.out, "checkpoints")
     if config.resume:
         ckpt.check_resume_compatible(config.out, config.arch, len(counts), config.small_input)
-    elif os.path.isfile(os.path.join(ckpt_dir, "latest")):
-        raise UserInputError(f"{config.out!r} already holds checkpoints: pass --resume to continue "
-                             f"or choose another --out")
+        facts["resume_tag"] = ckpt.choose_resume_tag(ckpt_dir, say)  # every rank: the same files, the same tag
+    else:
+        held = [name for name in ("config.json", ckpt.BEST_MODEL, "log.jsonl", "checkpoints")
+                if os.path.exists(os.path.join(config.out, name))]
+        if held:
+            raise UserInputError(f"--out {config.out!r} already holds a run ({held[0]}): pass --resume to "
+                                 f"continue it, or choose another --out")
     return ds_config, facts
+
+
+def check_output_folder(path: str, flag: str) -> None:
+    """Refuse an output folder that is a file, or that cannot be created or written."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserInputError(f"{flag} {path!r} is a file, not a folder")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserInputError(f"{flag} {path!r}: {existing!r} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserInputError(f"{flag} {path!r}: {existing!r} is not writable")
 
 
 def _preset(name: str, size: int | None):
@@ -105,12 +123,12 @@ def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: Wo
     ckpt_dir = os.path.join(config.out, "checkpoints")
     best = {"val_all": -1.0, "epoch": None}
     if config.resume:
-        client = ds.load_checkpoint(engine, ckpt_dir)
+        client = ds.load_checkpoint(engine, ckpt_dir, tag=facts["resume_tag"])
         if client is None:
-            raise UserInputError(f"--resume: no checkpoint found in {ckpt_dir!r}")
+            raise UserInputError(f"--resume: {ckpt_dir}/{facts['resume_tag']} could not be loaded")
         train_loader.load_state_dict(client["loader"])
         best = client["best"]
-        say(f"resumed from {ckpt_dir} at epoch {train_loader.epoch}, batch {train_loader.batches_done}")
+        say(f"resumed from {ckpt_dir}/{facts['resume_tag']} at epoch {train_loader.epoch}, batch {train_loader.batches_done}")
     logger = RunLogger(config.out, world.is_main)
     if world.is_main:
         dump(config, os.path.join(config.out, "config.json"),
