@@ -142,9 +142,14 @@ def save_best_model(run_dir: str, module: torch.nn.Module, info: dict) -> str:
     return path
 
 
+def best_model_path(run_dir: str) -> str:
+    """run_dir/best_model.pt, or run_dir itself when it names a .pt file."""
+    return run_dir if run_dir.endswith(".pt") else os.path.join(run_dir, BEST_MODEL)
+
+
 def load_best_model(run_dir: str) -> dict:
     """best_model.pt of a run (map_location cpu)."""
-    path = run_dir if run_dir.endswith(".pt") else os.path.join(run_dir, BEST_MODEL)
+    path = best_model_path(run_dir)
     if not os.path.isfile(path):
         raise UserInputError(f"{path!r} does not exist: is {run_dir!r} a finished stage-1 run?")
     try:

@@ -27,6 +27,7 @@ from lt_dist.engine.reports import append_per_class, write_test_results
 from lt_dist.errors import UserInputError
 from lt_dist.losses import LOSSES, build_loss
 from lt_dist.models.resnet import MODELS, build_model
+from lt_dist.outputs import check_output_folder
 from lt_dist.shards.manifest import load_manifest, resolve_split
 
 
@@ -47,6 +48,10 @@ def check_inputs(config: TrainConfig, ds_config_path: str, world: World) -> tupl
     train = load_manifest(resolve_split(config.data, "train"))
     val = load_manifest(resolve_split(config.data, "val"))
     counts = train.samples_per_class
+    try:  # parameter names and values of the loss, before any process starts
+        build_loss(config.loss, counts, **config.loss_params)
+    except (TypeError, ValueError) as error:
+        raise UserInputError(f"--loss {config.loss} with --loss-param {config.loss_params}: {error}") from None
     if len(val.samples_per_class) != len(counts):
         raise UserInputError(f"val has {len(val.samples_per_class)} classes, train has {len(counts)}")
     test_dir = os.path.join(config.data, "test")
@@ -65,19 +70,6 @@ def check_inputs(config: TrainConfig, ds_config_path: str, world: World) -> tupl
             raise UserInputError(f"--out {config.out!r} already holds a run ({held[0]}): pass --resume to "
                                  f"continue it, or choose another --out")
     return ds_config, facts
-
-
-def check_output_folder(path: str, flag: str) -> None:
-    """Refuse an output folder that is a file, or that cannot be created or written."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UserInputError(f"{flag} {path!r} is a file, not a folder")
-    existing = os.path.abspath(path)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise UserInputError(f"{flag} {path!r}: {existing!r} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserInputError(f"{flag} {path!r}: {existing!r} is not writable")
 
 
 def _preset(name: str, size: int | None):
