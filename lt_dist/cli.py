@@ -8,7 +8,7 @@ from lt_dist import __version__
 from lt_dist.commands import data as data_commands
 from lt_dist.commands import report as report_commands
 from lt_dist.commands import shards as shard_commands
-from lt_dist.errors import UserInputError
+from lt_dist.errors import OneLineArgumentParser, UserInputError
 
 EPILOG = """examples:
   lt_dist pack data/imagenet --out shards/inet --split train
@@ -23,7 +23,7 @@ EPILOG = """examples:
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The full `lt_dist` parser (reusable by scripts that wrap it)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="lt_dist", add_help=add_help, epilog=EPILOG,
         description="lt-dist: long-tailed recognition by decoupling representation and classifier.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
