@@ -13,6 +13,7 @@ import sys
 import warnings
 
 from lt_dist.config import TrainConfig, validate
+from lt_dist.engine.ds import load_ds_config
 from lt_dist.errors import OneLineArgumentParser, UserInputError
 
 
@@ -84,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     # DeepSpeed 0.19's ZeRO calls a torch collective torch 2.14 marks deprecated, once per step
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated")
     config = config_from_args(args)
-    try:
-        validate(config)  # numbers first: a typo costs no start-up
-    except ValueError as error:
+    try:  # numbers and ds.json first: a typo costs no start-up
+        validate(config)
+        load_ds_config(args.ds_config)
+    except ValueError as error:  # UserInputError included
         print(f"train_repr: error: {error}", file=sys.stderr)
         return 2
     from lt_dist.engine.stage1 import run_stage1  # after parsing: --help stays fast

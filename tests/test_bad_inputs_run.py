@@ -258,10 +258,9 @@ def output_of(command: str, args: list[str], w: Path) -> Path:
     return Path(args[args.index("--out") + 1]) if "--out" in args else w / "out"
 
 
-def params():
-    for case_id, command, extra, message, setup, marks in CASES:
-        yield pytest.param(command, extra, message, setup, id=case_id,
-                           marks=[SLOW] if case_id in SLOW_CASES else [])
+def params() -> list:
+    return [pytest.param(command, extra, message, setup, id=case_id, marks=[SLOW] if case_id in SLOW_CASES else [])
+            for case_id, command, extra, message, setup, marks in CASES]
 
 
 # Rows that need torch or Ray cost a start-up each: the default run keeps one of each kind

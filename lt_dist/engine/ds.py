@@ -7,15 +7,18 @@ raises naming both values when ds.json disagrees with itself or with the world s
 """
 from __future__ import annotations
 
+# torch and deepspeed are imported inside the functions that use them: reading and
+# checking ds.json stays cheap, so a mistake in it costs no start-up.
 import copy
 import json
 import math
 import os
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from lt_dist.errors import UserInputError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def load_ds_config(path: str) -> dict:
@@ -138,6 +141,7 @@ def cosine_schedule(total_steps: int) -> Callable[[int], float]:
 def initialize(model: torch.nn.Module, ds_config: dict, total_steps: int, log: Callable[[str], None] = print):
     """DeepSpeed engine for the model; cosine decay to 0 over total_steps unless ds.json has a scheduler."""
     import deepspeed
+    import torch
 
     scheduler = None
     if "scheduler" in ds_config:
