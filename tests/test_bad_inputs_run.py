@@ -173,6 +173,9 @@ CASES = [
      lambda w: put(w / "features" / "features.json", b"\xef\xbb\xbf{"), (TORCH,)),
     ("search-features-mixed", "search", [], "val.arrow comes from checkpoint sha256 000000000000",
      features_of_another_checkpoint, (TORCH,)),
+    ("search-resume-other-features", "search", ["--resume"], "ran on features of sha256 000000000000",
+     lambda w: (w / "out").mkdir() or put(w / "out" / "features_source.json", json.dumps({"identity": "0" * 64})),
+     (TORCH,)),
     ("search-gpus-the-cluster-lacks", "search", ["--gpus-per-trial", "1000"],
      "--gpus-per-trial 1000 but the Ray cluster has", None, (TORCH,)),
     # report

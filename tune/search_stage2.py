@@ -12,6 +12,7 @@ the figures. Ray is imported here only.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import socket
@@ -170,6 +171,37 @@ def check_results_folder(out: str, resume: bool) -> None:
                              f"it, or choose another --out")
 
 
+SOURCE = "features_source.json"
+
+
+def pin_features(out: str, features: str, resume: bool) -> None:
+    """Record which features a search runs on; a --resume on other features is refused.
+
+    The identity is the checkpoint sha256 in features.json (or, for folders written by
+    other tools, the classifier file's sha256), so trials of two checkpoints never meet.
+    """
+    import hashlib
+
+    from lt_dist.stage2.store import CLASSIFIER, read_index
+
+    index = read_index(features) or {}
+    with open(os.path.join(features, CLASSIFIER), "rb") as handle:
+        identity = index.get("ckpt_sha256") or hashlib.sha256(handle.read()).hexdigest()
+    path = os.path.join(out, SOURCE)
+    if resume and os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                pinned = json.load(handle)["identity"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserInputError(f"{path!r} is unreadable: cannot tell which features the search ran on") from None
+        if pinned != identity:
+            raise UserInputError(f"--resume: the search in {out!r} ran on features of sha256 {str(pinned)[:12]}, "
+                                 f"{features!r} now holds {identity[:12]}: choose another --out")
+        return
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"features": os.path.abspath(features), "identity": identity}, handle, indent=1)
+
+
 def _trial(config: dict) -> None:
     """One Ray Tune trial: fit, score val, report (runs in a Ray worker)."""
     import torch
@@ -224,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         trials, out = prepare(args)
         os.makedirs(out, exist_ok=True)
+        pin_features(out, args.features, args.resume)
         results = run_search(args, trials, out)
         if not results:
             raise UserInputError("every trial failed; see the errors above")
