@@ -89,5 +89,9 @@ def test_resume_refuses_another_arch_naming_both(tmp_path):
         check_resume_compatible(str(tmp_path), "resnext152", 10, True)
     with pytest.raises(UserInputError, match="num_classes=10.*num_classes=1000"):
         check_resume_compatible(str(tmp_path), "resnet10", 1000, True)
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"arch": "resnet10", "small_input": True,
+                                                                "epochs": 2}, "num_classes": 10}))
+    with pytest.raises(UserInputError, match="epochs=2.*epochs=3"):
+        check_resume_compatible(str(tmp_path), "resnet10", 10, True, {"epochs": 3, "seed": 0})
     with pytest.raises(UserInputError, match="nothing to resume"):
         check_resume_compatible(str(tmp_path / "new"), "resnet10", 10, True)

@@ -118,7 +118,10 @@ def test_resume_falls_back_past_a_damaged_newest_checkpoint(shards, tmp_path):
     assert len(tags) == 2 and all((run / "checkpoints" / tag / "lt_manifest.json").is_file() for tag in tags)
     model_file = run / "checkpoints" / tags[1] / "mp_rank_00_model_states.pt"
     model_file.write_bytes(model_file.read_bytes()[:1000])
-    resumed = launch(shards, run, "--epochs", 3, "--workers", 0, "--resume", procs=1)
+    refused = launch(shards, run, "--epochs", 3, "--workers", 0, "--resume", procs=1)
+    output, _ = refused.communicate(timeout=600)  # the saved sampling plan is for 2 epochs
+    assert refused.returncode != 0 and "trained with epochs=2, this run has epochs=3" in output, output[-3000:]
+    resumed = launch(shards, run, "--epochs", 2, "--workers", 0, "--resume", procs=1)
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output[-3000:]
     assert f"{tags[1]} is unusable: mp_rank_00_model_states.pt has 1000 bytes" in output

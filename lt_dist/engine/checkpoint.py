@@ -162,8 +162,11 @@ def load_best_model(run_dir: str) -> dict:
     return best
 
 
-def check_resume_compatible(run_dir: str, arch: str, num_classes: int, small_input: bool) -> None:
-    """Refuse to resume a run whose saved config has another arch or class count."""
+def check_resume_compatible(run_dir: str, arch: str, num_classes: int, small_input: bool,
+                            same: dict | None = None) -> None:
+    """Refuse to resume a run whose saved config has another arch or class count, or (where the
+    saved config records them) other values of the fields in `same` (epochs, seed, sampler: the
+    saved loader position only means something for the same sampling plan)."""
     path = os.path.join(run_dir, "config.json")
     if not os.path.isfile(path):
         raise UserInputError(f"--resume: {path!r} does not exist; nothing to resume in {run_dir!r}")
@@ -174,7 +177,9 @@ def check_resume_compatible(run_dir: str, arch: str, num_classes: int, small_inp
     except (OSError, ValueError, TypeError, AttributeError):
         raise UserInputError(f"--resume: {path!r} is not a readable run config (JSON object)") from None
     for name, old, new in (("arch", saved_train.get("arch"), arch), ("num_classes", saved_classes, num_classes),
-                           ("small_input", saved_train.get("small_input"), small_input)):
+                           ("small_input", saved_train.get("small_input"), small_input),
+                           *((key, saved_train[key], value) for key, value in (same or {}).items()
+                             if key in saved_train)):
         if old != new:
             raise UserInputError(f"--resume: the checkpoint in {run_dir!r} was trained with {name}={old!r}, "
                                  f"this run has {name}={new!r}")

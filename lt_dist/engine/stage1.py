@@ -61,7 +61,9 @@ def check_inputs(config: TrainConfig, ds_config_path: str, world: World) -> tupl
     check_output_folder(config.out, "--out")
     ckpt_dir = os.path.join(config.out, "checkpoints")
     if config.resume:
-        ckpt.check_resume_compatible(config.out, config.arch, len(counts), config.small_input)
+        ckpt.check_resume_compatible(config.out, config.arch, len(counts), config.small_input,
+                                     {key: getattr(config, key) for key in ("epochs", "seed", "sampler",
+                                                                            "sampler_draw")})
         facts["resume_tag"] = ckpt.choose_resume_tag(ckpt_dir, say)  # every rank: the same files, the same tag
     else:
         held = [name for name in ("config.json", ckpt.BEST_MODEL, "log.jsonl", "checkpoints")
