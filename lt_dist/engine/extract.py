@@ -83,12 +83,12 @@ def check_features_folder(out: str, ckpt_sha256: str, splits: list[str]) -> dict
                                  f"origin are never mixed with new ones; choose another --out")
         return {}
     if info.get("ckpt_sha256") != ckpt_sha256:
-        kept = sorted(set(info["splits"]) - set(splits)) or sorted(info["splits"])
+        kept = sorted(set(info.get("splits", {})) - set(splits)) or sorted(info.get("splits", {}))
         raise UserInputError(f"--out {out!r} holds features of checkpoint {info.get('ckpt')!r} "
                              f"(sha256 {str(info.get('ckpt_sha256'))[:12]}; splits {', '.join(kept) or 'none'}), "
                              f"this is sha256 {ckpt_sha256[:12]}: features of different checkpoints are never "
                              f"mixed; choose another --out")
-    return dict(info["splits"])
+    return dict(info.get("splits", {}))
 
 
 def _extract_splits(best: dict, split_dirs: dict, counts: dict, world: World, out: str, ckpt: str, data: str,

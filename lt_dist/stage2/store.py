@@ -84,13 +84,14 @@ def read_index(folder: str) -> dict | None:
 def check_provenance(folder: str, info: dict | None, present: list[str]) -> None:
     """Every stored split must come from the checkpoint the index records (its sha256).
 
-    Folders without an index (features written by other tools) are taken as they are.
+    Folders whose index records no checkpoint hash (features written by other tools, or
+    synthetic ones) are taken as they are.
     """
-    if info is None:
+    if info is None or "ckpt_sha256" not in info:
         return
-    sha = info.get("ckpt_sha256")
+    sha = info["ckpt_sha256"]
     for split in present:
-        entry = info["splits"].get(split)
+        entry = info.get("splits", {}).get(split)
         if not isinstance(entry, dict):
             raise UserInputError(f"{folder}/{split}.arrow is not recorded in {INDEX} (an unfinished "
                                  f"`lt_dist extract`?): extract {split} again")
