@@ -8,11 +8,13 @@ Optimiser, batch sizes and precision come from ds.json; everything else from fla
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 
-from lt_dist.config import TrainConfig
-from lt_dist.errors import UserInputError
+from lt_dist.config import TrainConfig, validate
+from lt_dist.engine.ds import load_ds_config
+from lt_dist.errors import OneLineArgumentParser, UserInputError
 from lt_dist.optional import default_decoder
 
 
@@ -23,15 +25,18 @@ def _loss_param(text: str) -> tuple[str, float | bool]:
     if value.lower() in ("true", "false"):
         return name, value.lower() == "true"
     try:
-        return name, float(value)
+        number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--loss-param {name}: {value!r} is not a number or true/false") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"--loss-param {name}: {value!r} is not a finite number")
+    return name, number
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """Flags of stage 1 (reusable by wrappers); defaults from SPEC.md for ImageNet-LT."""
     defaults = TrainConfig(data="", out="")
-    parser = argparse.ArgumentParser(description=__doc__, add_help=add_help,
+    parser = OneLineArgumentParser(prog="train_repr", description=__doc__, add_help=add_help,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     arg = parser.add_argument
     arg("--ds_config", "--ds-config", dest="ds_config", default="launch/ds.json",
@@ -81,12 +86,22 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     # DeepSpeed 0.19's ZeRO calls a torch collective torch 2.14 marks deprecated, once per step
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated")
+    config = config_from_args(args)
+    try:  # numbers and ds.json first: a typo costs no start-up
+        validate(config)
+        load_ds_config(args.ds_config)
+    except ValueError as error:  # UserInputError included
+        print(f"train_repr: error: {error}", file=sys.stderr)
+        return 2
     from lt_dist.engine.stage1 import run_stage1  # after parsing: --help stays fast
 
     try:
-        run_stage1(config_from_args(args), args.ds_config)
+        run_stage1(config, args.ds_config)
     except UserInputError as error:
         print(f"train_repr: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a file that vanished or a full disk: name the path, no traceback
+        print(f"train_repr: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
         return 2
     return 0
 

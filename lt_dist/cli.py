@@ -10,7 +10,7 @@ from lt_dist.commands import data as data_commands
 from lt_dist.commands import model as model_commands
 from lt_dist.commands import report as report_commands
 from lt_dist.commands import shards as shard_commands
-from lt_dist.errors import UserInputError
+from lt_dist.errors import OneLineArgumentParser, UserInputError
 
 EPILOG = """examples:
   lt_dist pack data/imagenet --out shards/inet --split train
@@ -26,16 +26,9 @@ EPILOG = """examples:
 """
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """An ArgumentParser whose mistakes end in one line (no usage block) and exit 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The full `lt_dist` parser (reusable by scripts that wrap it)."""
-    parser = OneLineParser(
+    parser = OneLineArgumentParser(
         prog="lt_dist", add_help=add_help, epilog=EPILOG,
         description="lt-dist: long-tailed recognition by decoupling representation and classifier.",
         formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -80,7 +80,7 @@ def test_select_on_train_uses_the_balanced_training_estimate(tmp_path):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("tau", "tau must be >= 0, got -0.5"),
+    ("tau", "--taus: -0.5 must be a finite number >= 0"),
     ("method", "unknown method 'svm'"),
     ("no_classifier", "has no stage-1 classifier"),
     ("dimension", "val features are 7-d but the classifier is 12-d"),

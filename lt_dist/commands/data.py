@@ -113,10 +113,17 @@ def _add_extract(subparsers) -> None:
 def run_extract(args) -> int:
     import os
 
-    from lt_dist.engine.extract import extract
+    from lt_dist.config import check_int
 
     splits = args.splits or [s for s in ("train", "val", "test") if os.path.isdir(os.path.join(args.data, s))]
-    if args.batch_size < 1:
-        raise UserInputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    try:  # bounded before anything is allocated in proportion to them
+        check_int("--batch-size", args.batch_size, 1, 65_536)
+        check_int("--workers", args.workers, 0, 64)
+    except ValueError as error:
+        raise UserInputError(str(error)) from None
+    if not splits:
+        raise UserInputError(f"--data {args.data!r} has no train, val or test split")
+    from lt_dist.engine.extract import extract  # torch and the loaders: after the cheap checks
+
     extract(args.ckpt, args.data, splits, args.out, args.decoder, args.batch_size, args.workers)
     return 0
