@@ -8,6 +8,10 @@
     <split>/ids.txt           the packed ids as a split list ("id label"): rebuilds
                               the exact subset with `lt_dist pack --list`/`--ids`
 manifest.parquet is written last: a split folder without it is not finished.
+
+A dataset may also be a URL (s3://, gs://, http(s)://): resolve_split and
+find_splits then return the URL's mirror in the node cache (lt_dist.storage.mirror),
+an ordinary local folder with the index files; the shards follow on demand.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import pyarrow.parquet as pq
 
 from lt_dist.errors import UserInputError
 from lt_dist.shards.format import SampleRecord, ShardRecord
+from lt_dist.storage.urls import is_url, join_url
 
 MANIFEST = "manifest.parquet"
 SHARD_TABLE = "shards.parquet"
@@ -91,8 +96,43 @@ def is_split_dir(path: str) -> bool:
     return os.path.isfile(os.path.join(path, MANIFEST))
 
 
+INDEX_FILES = (IDS_LIST, SHARD_TABLE, DATASET_JSON, MANIFEST)  # in the order a pack writes them
+REMOTE_SPLIT_NAMES = ("train", "val", "test")  # a URL cannot be listed everywhere (HTTP): these are tried
+
+
+def _mirror(url: str) -> str:
+    from lt_dist.storage.mirror import mirror_split
+
+    try:
+        return mirror_split(url, INDEX_FILES)
+    except (FileNotFoundError, PermissionError) as error:
+        raise UserInputError(str(error)) from None
+
+
+def _remote_is_split(url: str) -> bool:
+    from lt_dist.storage.mirror import node_cache
+
+    try:
+        return node_cache().store.exists(join_url(url, MANIFEST))
+    except PermissionError as error:
+        raise UserInputError(str(error)) from None
+
+
+def _find_remote_splits(url: str) -> list[str]:
+    if _remote_is_split(url):
+        return [url]
+    found = [join_url(url, name) for name in REMOTE_SPLIT_NAMES if _remote_is_split(join_url(url, name))]
+    if not found:
+        raise UserInputError(f"{url!r} holds no packed split (none of {', '.join(REMOTE_SPLIT_NAMES)} "
+                             f"has a {MANIFEST})")
+    return found
+
+
 def find_splits(path: str) -> list[str]:
-    """Finished split folders at path: path itself, or its sub-folders (train, val, test...)."""
+    """Finished split folders at path: path itself, or its sub-folders (train, val, test...).
+    For a URL: the split URLs (a URL's mirror is made by resolve_split)."""
+    if is_url(path):
+        return _find_remote_splits(path)
     if is_split_dir(path):
         return [path]
     if not os.path.isdir(path):
@@ -108,7 +148,12 @@ def find_splits(path: str) -> list[str]:
 
 
 def resolve_split(path: str, split: str | None = None) -> str:
-    """The split folder for `path` (a dataset or split folder) and an optional split name."""
+    """The split folder for `path` (a dataset or split folder) and an optional split name;
+    for a URL, the local folder mirroring it in the node cache."""
+    if is_url(path):
+        if split is not None and not _remote_is_split(path):
+            path = join_url(path, split)
+        return _mirror(path)
     if split is not None and not is_split_dir(path):
         path = os.path.join(path, split)
     if not is_split_dir(path):
