@@ -7,6 +7,8 @@ import json
 import numpy as np
 
 from lt_dist.errors import UserInputError
+from lt_dist.storage.settings import add_storage_flags, export_storage_flags
+from lt_dist.storage.urls import is_url
 
 
 def add_parsers(subparsers) -> None:
@@ -29,6 +31,7 @@ def add_parsers(subparsers) -> None:
     parser.add_argument("--draw", choices=("stratified", "iid"), default="stratified",
                         help="exact per-epoch class quotas, or independent draws")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    add_storage_flags(parser)
     parser.set_defaults(run=run_sample_stats)
 
 
@@ -39,6 +42,8 @@ def run_sample_stats(args) -> int:
     from lt_dist.data.sampler import SamplerConfig
     from lt_dist.dist import World
     from lt_dist.shards.manifest import load_manifest, resolve_split
+
+    export_storage_flags(args)
 
     if args.draws < 1:
         raise UserInputError(f"--draws must be >= 1, got {args.draws}")
@@ -83,6 +88,7 @@ def _add_extract(subparsers) -> None:
     parser.add_argument("--decoder", choices=("dali", "torchvision"), default="dali", help="image decoder")
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch per process")
     parser.add_argument("--workers", type=int, default=2, help="loader processes per rank")
+    add_storage_flags(parser)
     parser.set_defaults(run=run_extract)
 
 
@@ -91,7 +97,13 @@ def run_extract(args) -> int:
 
     from lt_dist.engine.extract import extract
 
-    splits = args.splits or [s for s in ("train", "val", "test") if os.path.isdir(os.path.join(args.data, s))]
+    from lt_dist.shards.manifest import find_splits
+
+    export_storage_flags(args)
+    if is_url(args.data):  # a URL cannot be listed like a folder: find_splits tries train/val/test
+        splits = args.splits or [url.rstrip("/").rpartition("/")[2] for url in find_splits(args.data)]
+    else:
+        splits = args.splits or [s for s in ("train", "val", "test") if os.path.isdir(os.path.join(args.data, s))]
     if args.batch_size < 1:
         raise UserInputError(f"--batch-size must be >= 1, got {args.batch_size}")
     extract(args.ckpt, args.data, splits, args.out, args.decoder, args.batch_size, args.workers)

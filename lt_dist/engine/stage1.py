@@ -27,7 +27,7 @@ from lt_dist.engine.reports import append_per_class, write_test_results
 from lt_dist.errors import UserInputError
 from lt_dist.losses import LOSSES, build_loss
 from lt_dist.models.resnet import MODELS, build_model
-from lt_dist.shards.manifest import load_manifest, resolve_split
+from lt_dist.shards.manifest import load_manifest, resolve_split, test_split
 
 
 def check_inputs(config: TrainConfig, ds_config_path: str, world: World) -> tuple[dict, dict]:
@@ -49,10 +49,8 @@ def check_inputs(config: TrainConfig, ds_config_path: str, world: World) -> tupl
     counts = train.samples_per_class
     if len(val.samples_per_class) != len(counts):
         raise UserInputError(f"val has {len(val.samples_per_class)} classes, train has {len(counts)}")
-    test_dir = os.path.join(config.data, "test")
     facts = {"train_dir": train.split_dir, "val_dir": val.split_dir, "counts": counts,
-             "class_names": train.class_names,
-             "test_dir": resolve_split(test_dir) if os.path.isdir(test_dir) else None}
+             "class_names": train.class_names, "test_dir": test_split(config.data)}
     ckpt_dir = os.path.join(config.out, "checkpoints")
     if config.resume:
         ckpt.check_resume_compatible(config.out, config.arch, len(counts), config.small_input)

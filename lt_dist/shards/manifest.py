@@ -161,6 +161,15 @@ def resolve_split(path: str, split: str | None = None) -> str:
     return path
 
 
+def test_split(dataset: str) -> str | None:
+    """The dataset's test split folder (a URL's mirror), or None when it has none."""
+    if is_url(dataset):
+        test_url = join_url(dataset, "test")
+        return _mirror(test_url) if _remote_is_split(test_url) else None
+    test_dir = os.path.join(dataset, "test")
+    return resolve_split(test_dir) if os.path.isdir(test_dir) else None
+
+
 def load_manifest(split_dir: str) -> Manifest:
     """Read a finished split's index (the sample table is memory-mapped)."""
     split_dir = resolve_split(split_dir)

@@ -13,6 +13,7 @@ Credentials never go here: AWS env vars/profiles, AWS_ENDPOINT_URL, GCS ADC.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -86,11 +87,12 @@ def parse_options(text: str, name: str = "--storage-options") -> dict:
 def add_storage_flags(parser) -> None:
     """--cache-dir, --cache-limit, --storage-options, --prefetch on an argparse parser."""
     group = parser.add_argument_group("remote data (s3://, gs://, http(s)://)")
-    group.add_argument("--cache-dir", help="node-local cache folder (default $LT_DIST_CACHE, else ~/.cache/lt_dist)")
-    group.add_argument("--cache-limit", help="bytes the cache may hold, e.g. 200G (default $LT_DIST_CACHE_LIMIT, "
+    group.set_defaults(**{name: None for name in ("cache_dir", "cache_limit", "storage_options", "prefetch")})
+    group.add_argument("--cache-dir", default=argparse.SUPPRESS, help="node-local cache folder (default $LT_DIST_CACHE, else ~/.cache/lt_dist)")
+    group.add_argument("--cache-limit", default=argparse.SUPPRESS, help="bytes the cache may hold, e.g. 200G (default $LT_DIST_CACHE_LIMIT, "
                        "else no limit)")
-    group.add_argument("--storage-options", metavar="JSON", help="fsspec options, e.g. '{\"anon\": true}'")
-    group.add_argument("--prefetch", type=int, help="batches fetched ahead per loader worker (default 8)")
+    group.add_argument("--storage-options", metavar="JSON", default=argparse.SUPPRESS, help="fsspec options, e.g. '{\"anon\": true}'")
+    group.add_argument("--prefetch", type=int, default=argparse.SUPPRESS, help="batches fetched ahead per loader worker (default 8)")
 
 
 def export_storage_flags(args) -> None:
