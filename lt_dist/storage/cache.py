@@ -117,7 +117,10 @@ class NodeCache:
     def _download(self, url: str, path: str, size: int | None, sha256: str | None) -> None:
         tag = f"{os.getpid()}-{threading.get_ident()}"
         part, reserve = _marker(path, f"part-{tag}"), _marker(path, f"reserve-{tag}")
-        self._reserve(reserve, size or 0)
+        expected = size
+        if expected is None and self.limit is not None:  # the limit needs the size before the download
+            expected = self.store.size(url)
+        self._reserve(reserve, expected or 0)
         try:
             for attempt in (1, 2):
                 fetched = self.store.download(url, part)
