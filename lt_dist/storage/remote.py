@@ -20,9 +20,12 @@ class RemoteStore:
     def __init__(self, settings: StorageSettings):
         self.settings = settings
         self._filesystems: dict[str, object] = {}
+        self._pid = os.getpid()
 
     def _fs(self, url: str):
         protocol = scheme(url)
+        if self._pid != os.getpid():  # a forked loader worker: fsspec's clients are not fork-safe
+            self._filesystems, self._pid = {}, os.getpid()
         if protocol not in self._filesystems:
             try:
                 import fsspec
