@@ -47,6 +47,17 @@ def requests_in(log_path: Path) -> list[tuple[str, str, int]]:
             for m in map(_REQUEST.search, log_path.read_text(errors="replace").splitlines()) if m]
 
 
+def served_folder(prefix: str = "lt-www-") -> Path:
+    """A fresh folder for nginx to serve, outside pytest's basetemp (pytest keeps that
+    one private, mode 700, which nginx's www-data workers cannot enter). Remove it with
+    shutil.rmtree when done."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o755)
+    return folder
+
+
 def nginx_binary() -> str | None:
     """Debian's nginx, or None when it is not installed (`make test` installs it as root)."""
     return next((path for path in NGINX_CANDIDATES if os.access(path, os.X_OK)), shutil.which("nginx"))

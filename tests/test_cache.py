@@ -1,6 +1,7 @@
 """NodeCache against a real nginx on 127.0.0.1: once per node, atomic, checked, LRU."""
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ from lt_dist.errors import UserInputError
 from lt_dist.storage.cache import NodeCache
 from lt_dist.storage.retry import RemoteError
 from lt_dist.storage.settings import StorageSettings
-from servers import Nginx, nginx_binary
+from servers import Nginx, nginx_binary, served_folder
 
 pytestmark = pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed: `make test` installs "
                                 "Debian's package nginx as root (apt-get install nginx)")
@@ -22,12 +23,13 @@ BLOB_SIZES = {"a.bin": 3000, "b.bin": 5000, "c.bin": 7000}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("www")
+    root = served_folder()
     for index, (name, size) in enumerate(BLOB_SIZES.items()):
         (root / name).write_bytes(bytes((index * 7 + k) % 251 for k in range(size)))
     nginx = Nginx(root, tmp_path_factory.mktemp("nginx")).start()
     yield nginx
     nginx.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def gets(server, name: str) -> int:

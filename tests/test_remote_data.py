@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import threading
 
 import pytest
@@ -20,7 +21,7 @@ from lt_dist.data.loader import BalancedLoader, LoaderConfig
 from lt_dist.data.sampler import SamplerConfig
 from lt_dist.dist import World
 from lt_dist.shards.manifest import resolve_split
-from servers import MotoS3, Nginx, nginx_binary
+from servers import MotoS3, Nginx, nginx_binary, served_folder
 
 needs_nginx = pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed: `make test` installs "
                                  "Debian's package nginx as root (apt-get install nginx)")
@@ -38,11 +39,12 @@ def packed(tmp_path_factory):
 @pytest.fixture(scope="module")
 def www(packed, tmp_path_factory):
     """nginx serving www/; tests copy the dataset to www/<their name>/ds."""
-    root = tmp_path_factory.mktemp("www")
+    root = served_folder()
     server = Nginx(root, tmp_path_factory.mktemp("nginx")).start() if nginx_binary() else None
     yield server
     if server is not None:
         server.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -202,3 +204,30 @@ def test_pack_to_s3_then_verify_and_train_one_epoch_from_it(s3, monkeypatch, tmp
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert (run / "test_metrics.json").exists()
     assert any((tmp_path / "c2").rglob("cls00000-00000.tar"))  # the shards came through the given cache
+
+
+@needs_nginx
+def test_two_loader_processes_on_one_node_download_each_shard_once(packed, www, cache):
+    url = serve(packed, www, "twice")
+    script = textwrap.dedent(f"""
+        import sys
+        from lt_dist.data.loader import BalancedLoader, LoaderConfig
+        from lt_dist.data.sampler import SamplerConfig
+        from lt_dist.dist import World
+        from lt_dist.shards.manifest import resolve_split
+        split = resolve_split({url!r}, "train")
+        sys.stdin.readline()  # both start their epoch together
+        loader = BalancedLoader(LoaderConfig(split, 2, None, SamplerConfig("instance", seed=int(sys.argv[1])),
+                                             "bytes", 2), World(0, 1))
+        print(sum(len(data) for data, _ in loader))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # the same LT_DIST_CACHE: one node
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(seed)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env) for seed in (1, 2)]
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    samples = [int(proc.communicate(timeout=300)[0]) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0] and samples == [20, 20]
+    gets = shard_gets(www, "/twice/")
+    assert len(gets) == 10 and set(gets.values()) == {1}  # 2 processes x 2 workers, one download per shard

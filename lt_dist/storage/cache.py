@@ -3,8 +3,12 @@
 Layout (CACHE_DIR/NODE_ID is this node's cache; every rank and loader worker of
 the node opens the same one):
     NODE/<url_key(parent URL)>/NAME            a finished object, complete and checked
-    NODE/<...>/.NAME.lock                      flock'ed: exclusive while downloading,
-                                               shared while pinned (in a look-ahead window)
+    NODE/<...>/.NAME.lock                      flock'ed exclusive while downloading
+    NODE/<...>/.NAME.pin                       flock'ed shared while pinned (in a look-ahead
+                                               window); eviction tries it exclusive, never waits
+(Two lock files: with one, a process waiting to download an object another process
+has just fetched and pinned would wait for the pin, and two such processes can wait
+on each other's pins for ever.)
     NODE/<...>/.NAME.part-PID-TID              the download in progress (never read)
     NODE/<...>/.NAME.reserve-PID-TID           sparse file as long as the object: counts
                                                the download against the limit while it runs
@@ -193,7 +197,7 @@ class NodeCache:
         """Keep the cached object at `url` from eviction until unpin(token); None when
         the object is not cached (fetch it with get() first)."""
         path = self.local_path(url)
-        fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(_marker(path, "pin"), os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_SH)
         if not os.path.isfile(path):  # evicted between get() and pin(): not held
             os.close(fd)
@@ -233,7 +237,7 @@ def _lock_path(path: str) -> str:
 
 def _try_remove(path: str) -> bool:
     """Remove an unpinned object: True when it was removed, False when someone holds it."""
-    fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(_marker(path, "pin"), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
