@@ -16,7 +16,7 @@ DEMO_EPOCHS ?= 20
 # Where DeepSpeed caches its JIT-compiled ops between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: help setup demo-data browser demo test test-all bench bench-fashion-lt gpu-wheels clean
+.PHONY: help setup demo-data browser nginx demo test test-all bench bench-remote bench-fashion-lt gpu-wheels clean
 
 help:
 	@echo "make demo   set up, then the whole pipeline on Fashion-MNIST-LT: pack, stage 1 with"
@@ -72,11 +72,20 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "chromium not found: the report test will be skipped (install Debian's chromium)"; fi
 
+# Debian's nginx serves packed datasets over HTTP to the remote-storage tests (started by
+# the tests themselves on 127.0.0.1; needs root to install, as CI runs).
+nginx:
+	@if command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's nginx for the remote-storage tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; \
+	else echo "nginx not found: the HTTP storage tests will be skipped (install Debian's nginx)"; fi
+
 # The default run keeps one test of each kind; the slowest (marked slow) run in test-all.
-test: setup demo-data browser
+test: setup demo-data browser nginx
 	FMNIST_DIR=$(FMNIST_DIR) $(BIN)/python -m pytest -q -m "not slow"
 
-test-all: setup demo-data browser
+test-all: setup demo-data browser nginx
 	FMNIST_DIR=$(FMNIST_DIR) $(BIN)/python -m pytest -q
 
 bench: EXTRAS = all
@@ -86,6 +95,11 @@ bench: setup demo-data
 	$(BIN)/python bench/loader_scale.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/stage2.py
+
+# The loader from local disk vs nginx on loopback (cold / warm cache, 20 ms per request).
+bench-remote: EXTRAS = all
+bench-remote: setup demo-data nginx
+	$(BIN)/python bench/remote.py
 
 # About an hour on 2 cores: the demo pipeline over 3 seeds and 4 stage-1 samplers/losses.
 bench-fashion-lt: setup demo-data

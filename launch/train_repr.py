@@ -16,6 +16,7 @@ from lt_dist.config import TrainConfig, validate
 from lt_dist.engine.ds import load_ds_config
 from lt_dist.errors import OneLineArgumentParser, UserInputError
 from lt_dist.optional import default_decoder
+from lt_dist.storage.settings import add_storage_flags, export_storage_flags
 
 
 def _loss_param(text: str) -> tuple[str, float | bool]:
@@ -41,7 +42,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     arg = parser.add_argument
     arg("--ds_config", "--ds-config", dest="ds_config", default="launch/ds.json",
         help="DeepSpeed config: batch sizes, SGD, bf16, ZeRO (default: %(default)s)")
-    arg("--data", required=True, help="packed dataset shards/NAME with train/ and val/ (test/ used once at the end)")
+    arg("--data", required=True, help="packed dataset shards/NAME with train/ and val/ (test/ used once at the end); "
+        "or its URL: s3://B/P/NAME, gs://..., http(s)://... (read through the node-local cache)")
     arg("--out", required=True, help="run folder runs/NAME: checkpoints/, log.jsonl, tb/, config.json, metrics")
     arg("--arch", default=defaults.arch, help="backbone: resnet10/18/50/101/152, resnext50/101/152_32x4d "
         "(default: %(default)s)")
@@ -68,6 +70,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     arg("--eval-batch-size", type=int, default=defaults.eval_batch_size, help="per-rank batch for val/test")
     arg("--resume", action="store_true", help="continue from the newest checkpoint in OUT/checkpoints")
     arg("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by launchers
+    add_storage_flags(parser)
     return parser
 
 
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from lt_dist.engine.stage1 import run_stage1  # after parsing: --help stays fast
 
     try:
+        export_storage_flags(args)  # the loader's worker processes read LT_DIST_* variables
         run_stage1(config, args.ds_config)
     except UserInputError as error:
         print(f"train_repr: error: {error}", file=sys.stderr)

@@ -7,6 +7,8 @@ import json
 import numpy as np
 
 from lt_dist.errors import UserInputError
+from lt_dist.storage.settings import add_storage_flags, export_storage_flags
+from lt_dist.storage.urls import is_url
 from lt_dist.optional import default_decoder
 
 # The draws are held in memory at once (a row and a label each): a bound fixed by what a
@@ -35,6 +37,7 @@ def add_parsers(subparsers) -> None:
     parser.add_argument("--draw", choices=("stratified", "iid"), default="stratified",
                         help="exact per-epoch class quotas, or independent draws")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    add_storage_flags(parser)
     parser.set_defaults(run=run_sample_stats)
 
 
@@ -44,6 +47,7 @@ def run_sample_stats(args) -> int:
     from lt_dist.data.balance import class_probs, resolve_strategy
     from lt_dist.shards.manifest import load_manifest, resolve_split
 
+    export_storage_flags(args)
     if not 1 <= args.draws <= MAX_DRAWS:
         raise UserInputError(f"--draws {args.draws} is out of range: 1 to {MAX_DRAWS:,} "
                              f"(about 16 bytes of memory each)")
@@ -107,6 +111,7 @@ def _add_extract(subparsers) -> None:
                         "decode on the GPU when CUDA is there)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch per process")
     parser.add_argument("--workers", type=int, default=2, help="loader processes per rank")
+    add_storage_flags(parser)
     parser.set_defaults(run=run_extract)
 
 
@@ -115,7 +120,13 @@ def run_extract(args) -> int:
 
     from lt_dist.config import check_int
 
-    splits = args.splits or [s for s in ("train", "val", "test") if os.path.isdir(os.path.join(args.data, s))]
+    export_storage_flags(args)
+    if is_url(args.data):  # a URL cannot be listed like a folder: find_splits tries train/val/test
+        from lt_dist.shards.manifest import find_splits
+
+        splits = args.splits or [url.rstrip("/").rpartition("/")[2] for url in find_splits(args.data)]
+    else:
+        splits = args.splits or [s for s in ("train", "val", "test") if os.path.isdir(os.path.join(args.data, s))]
     try:  # bounded before anything is allocated in proportion to them
         check_int("--batch-size", args.batch_size, 1, 65_536)
         check_int("--workers", args.workers, 0, 64)

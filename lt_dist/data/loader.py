@@ -67,6 +67,7 @@ class RowStream(torch.utils.data.IterableDataset):
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         reader = ShardReader(self.config.split_dir, self.config.max_open_files)
         rows_per_batch = self.sampler.worker_batches(self.epoch, worker, num_workers, self.start_batch)
+        rows_per_batch = reader.prefetched(rows_per_batch)  # a remote split: exact look-ahead downloads
         first = self.start_batch + worker  # this worker's first batch (see worker_batches)
         try:
             for step, rows in enumerate(rows_per_batch):

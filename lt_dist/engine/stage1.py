@@ -29,7 +29,7 @@ from lt_dist.losses import LOSSES, build_loss
 from lt_dist.models.resnet import MODELS, build_model
 from lt_dist.optional import require
 from lt_dist.outputs import check_output_folder
-from lt_dist.shards.manifest import check_splits_agree, load_manifest, resolve_split
+from lt_dist.shards.manifest import check_splits_agree, load_manifest, resolve_split, test_split
 
 
 def check_inputs(config: TrainConfig, ds_config_path: str, world: World) -> tuple[dict, dict]:
@@ -58,12 +58,10 @@ def check_inputs(config: TrainConfig, ds_config_path: str, world: World) -> tupl
         raise UserInputError(f"--loss {config.loss} with --loss-param {config.loss_params}: {error}") from None
     if len(val.samples_per_class) != len(counts):
         raise UserInputError(f"val has {len(val.samples_per_class)} classes, train has {len(counts)}")
-    test_dir = os.path.join(config.data, "test")
-    test_dir = resolve_split(test_dir) if os.path.isdir(test_dir) else None
+    test_dir = test_split(config.data)
     check_splits_agree([train.split_dir, val.split_dir] + ([test_dir] if test_dir else []))
     facts = {"train_dir": train.split_dir, "val_dir": val.split_dir, "counts": counts,
-             "class_names": train.class_names,
-             "test_dir": test_dir}
+             "class_names": train.class_names, "test_dir": test_dir}
     check_output_folder(config.out, "--out")
     ckpt_dir = os.path.join(config.out, "checkpoints")
     if config.resume:

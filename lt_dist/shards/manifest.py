@@ -8,6 +8,10 @@
     <split>/ids.txt           the packed ids as a split list ("id label"): rebuilds
                               the exact subset with `lt_dist pack --list`/`--ids`
 manifest.parquet is written last: a split folder without it is not finished.
+
+A dataset may also be a URL (s3://, gs://, http(s)://): resolve_split and
+find_splits then return the URL's mirror in the node cache (lt_dist.storage.mirror),
+an ordinary local folder with the index files; the shards follow on demand.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import pyarrow.parquet as pq
 
 from lt_dist.errors import UserInputError
 from lt_dist.shards.format import SampleRecord, ShardRecord, parse_shard_name
+from lt_dist.storage.urls import is_url, join_url
 
 MANIFEST = "manifest.parquet"
 SHARD_TABLE = "shards.parquet"
@@ -108,12 +113,47 @@ def unfinished_splits(path: str) -> list[str]:
                   if is_unfinished_split(os.path.join(path, name)))
 
 
+INDEX_FILES = (IDS_LIST, SHARD_TABLE, DATASET_JSON, MANIFEST)  # in the order a pack writes them
+REMOTE_SPLIT_NAMES = ("train", "val", "test")  # a URL cannot be listed everywhere (HTTP): these are tried
+
+
+def _mirror(url: str) -> str:
+    from lt_dist.storage.mirror import mirror_split
+
+    try:
+        return mirror_split(url, INDEX_FILES)
+    except (FileNotFoundError, PermissionError) as error:
+        raise UserInputError(str(error)) from None
+
+
+def _remote_is_split(url: str) -> bool:
+    from lt_dist.storage.mirror import node_cache
+
+    try:
+        return node_cache().store.exists(join_url(url, MANIFEST))
+    except PermissionError as error:
+        raise UserInputError(str(error)) from None
+
+
+def _find_remote_splits(url: str) -> list[str]:
+    if _remote_is_split(url):
+        return [url]
+    found = [join_url(url, name) for name in REMOTE_SPLIT_NAMES if _remote_is_split(join_url(url, name))]
+    if not found:
+        raise UserInputError(f"{url!r} holds no packed split (none of {', '.join(REMOTE_SPLIT_NAMES)} "
+                             f"has a {MANIFEST})")
+    return found
+
+
 def find_splits(path: str, allow_unfinished: bool = False) -> list[str]:
     """Split folders at path: path itself, or its sub-folders (train, val, test...).
 
     An unfinished split (shards but no manifest) is an error naming it, unless
-    allow_unfinished (then it is listed too, for verify to report).
+    allow_unfinished (then it is listed too, for verify to report). For a URL: the
+    split URLs (a URL's mirror is made by resolve_split).
     """
+    if is_url(path):
+        return _find_remote_splits(path)
     if is_split_dir(path) or (allow_unfinished and is_unfinished_split(path)):
         return [path]
     if is_unfinished_split(path):
@@ -140,7 +180,12 @@ def _unfinished_message(split_dir: str) -> str:
 
 
 def resolve_split(path: str, split: str | None = None) -> str:
-    """The split folder for `path` (a dataset or split folder) and an optional split name."""
+    """The split folder for `path` (a dataset or split folder) and an optional split name;
+    for a URL, the local folder mirroring it in the node cache."""
+    if is_url(path):
+        if split is not None and not _remote_is_split(path):
+            path = join_url(path, split)
+        return _mirror(path)
     if split is not None and not is_split_dir(path):
         path = os.path.join(path, split)
     if is_unfinished_split(path):
@@ -148,6 +193,15 @@ def resolve_split(path: str, split: str | None = None) -> str:
     if not is_split_dir(path):
         raise UserInputError(f"{path!r} is not a packed split: {MANIFEST} is missing")
     return path
+
+
+def test_split(dataset: str) -> str | None:
+    """The dataset's test split folder (a URL's mirror), or None when it has none."""
+    if is_url(dataset):
+        test_url = join_url(dataset, "test")
+        return _mirror(test_url) if _remote_is_split(test_url) else None
+    test_dir = os.path.join(dataset, "test")
+    return resolve_split(test_dir) if os.path.isdir(test_dir) else None
 
 
 def read_info(split_dir: str) -> dict:
