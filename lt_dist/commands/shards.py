@@ -180,12 +180,13 @@ def run_verify(args) -> int:
     from tqdm import tqdm
 
     from lt_dist.shards.manifest import find_splits, is_split_dir
+    from lt_dist.storage.urls import is_url
     from lt_dist.shards.verify import verify_split
 
     export_storage_flags(args)
     failed = False
     for split_dir in find_splits(args.path, allow_unfinished=True):
-        if not is_split_dir(split_dir):
+        if not is_url(split_dir) and not is_split_dir(split_dir):
             print(f"{split_dir}: FAILED (unfinished: shards but no manifest.parquet; run its pack again)")
             failed = True
             continue
