@@ -60,6 +60,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     arg("--log-every", type=int, default=defaults.log_every, help="optimizer steps between log lines")
     arg("--eval-batch-size", type=int, default=defaults.eval_batch_size, help="per-rank batch for val/test")
     arg("--resume", action="store_true", help="continue from the newest checkpoint in OUT/checkpoints")
+    arg("--grace-seconds", type=float, default=defaults.grace_seconds,
+        help="after SIGTERM/SIGINT every rank finishes its step, checkpoints and exits 0 within this many "
+             "seconds, else exits 143 (default: %(default)s)")
     arg("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by launchers
     return parser
 
@@ -72,7 +75,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        train_preset=args.train_preset, eval_preset=args.eval_preset,
                        image_size=args.image_size, decoder=args.decoder, workers=args.workers,
                        ckpt_every=args.ckpt_every, keep_checkpoints=args.keep_checkpoints,
-                       log_every=args.log_every, resume=args.resume, eval_batch_size=args.eval_batch_size)
+                       log_every=args.log_every, resume=args.resume, eval_batch_size=args.eval_batch_size,
+                       grace_seconds=args.grace_seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,10 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     from lt_dist.engine.stage1 import run_stage1  # after parsing: --help stays fast
 
     try:
-        run_stage1(config_from_args(args), args.ds_config)
+        result = run_stage1(config_from_args(args), args.ds_config)
     except UserInputError as error:
         print(f"train_repr: error: {error}", file=sys.stderr)
         return 2
+    if "preempted" in result:  # a checkpoint at an agreed step: exit 0 so the job can be requeued
+        print(f"train_repr: pre-empted at step {result['step']}; checkpoint {result['preempted']}; "
+              f"the same command with --resume continues", flush=True)
     return 0
 
 

@@ -35,6 +35,7 @@ class TrainConfig:
     log_every: int = 20  # optimizer steps between log lines
     resume: bool = False  # continue from the newest checkpoint in out/checkpoints
     eval_batch_size: int = 256  # per rank, for val/test
+    grace_seconds: float = 60.0  # after SIGTERM/SIGINT: checkpoint and exit within this, else exit 143
 
 
 def validate(config: TrainConfig) -> None:
@@ -46,6 +47,7 @@ def validate(config: TrainConfig) -> None:
         (config.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}"),
         (config.log_every >= 1, f"log_every must be >= 1, got {config.log_every}"),
         (config.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {config.eval_batch_size}"),
+        (0 < config.grace_seconds <= 86400, f"grace_seconds must be in (0, 86400], got {config.grace_seconds}"),
         (config.decoder in ("dali", "torchvision"), f"unknown decoder {config.decoder!r}; choose dali or torchvision"),
         (config.image_size is None or config.image_size >= 8, f"image_size must be >= 8, got {config.image_size}"),
     ]
