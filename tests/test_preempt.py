@@ -75,7 +75,7 @@ def wait_for(condition, processes, timeout_s: float = 600) -> None:
 
 
 def test_sigterm_to_one_rank_stops_both_at_one_step_and_resume_is_bit_identical(tiny, tmp_path):
-    common = ["--epochs", 3, "--seed", 3]
+    common = ["--epochs", 2, "--seed", 3]
     finish(start_ranks(train_args(tiny, tmp_path / "straight", *common), 2, free_port()))
 
     run = tmp_path / "preempted"
