@@ -40,7 +40,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs each trial holds (default: 1)")
     parser.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs each trial holds (default: 0)")
     parser.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial (default: 2)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted search in OUT/ray")
+    parser.add_argument("--storage", help="Ray Tune's storage_path: a folder every node sees, or a bucket URL "
+                        "(s3://, gs://); a multi-node cluster needs one of these (default: OUT/ray)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted search in the storage")
     return parser
 
 
@@ -119,8 +121,21 @@ def _trial(config: dict) -> None:
     from lt_dist.stage2.search import run_trial
 
     torch.set_num_threads(max(1, int(config["cpus"])))
+    import ray
+
     trial = config["trial"]
-    tune.report(run_trial(config["features"], trial["method"], trial["params"], config["seed"], config["select_on"]))
+    metrics = run_trial(config["features"], trial["method"], trial["params"], config["seed"], config["select_on"])
+    # Ray adds hostname and node_ip to every row; two raylets on one host share both, the node id tells them apart
+    tune.report({**metrics, "ray_node_id": ray.get_runtime_context().get_node_id()})
+
+
+def storage_path(storage: str | None, out: str) -> str:
+    """Where Ray Tune keeps the experiment: a URL as given, a path made absolute (default OUT/ray)."""
+    if storage is None:
+        return os.path.join(out, "ray")
+    if "://" in storage:
+        return storage  # s3://, gs://, file://: pyarrow's file systems, resolved by Ray on every node
+    return os.path.abspath(storage)
 
 
 def run_search(args, trials: list[dict], out: str) -> list[dict]:
@@ -137,8 +152,8 @@ def run_search(args, trials: list[dict], out: str) -> list[dict]:
     else:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     trainable = tune.with_resources(_trial, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
-    storage, name = os.path.join(out, "ray"), "stage2"
-    experiment = os.path.join(storage, name)
+    storage, name = storage_path(args.storage, out), "stage2"
+    experiment = f"{storage.rstrip('/')}/{name}"
     if args.resume and tune.Tuner.can_restore(experiment):
         tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
     else:

@@ -1,0 +1,47 @@
+"""tune/search_stage2.py on a real two-node Ray cluster on this machine (two raylets, one CPU each)."""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import REPO
+from test_search_stage2 import SCRIPT, write_features
+
+
+@pytest.fixture
+def two_node_cluster():
+    """Head (1 CPU) + worker (1 CPU) under a private temp dir; stops only its own processes."""
+    from ray.cluster_utils import Cluster
+
+    # short path: Ray's unix sockets live under it (108-byte limit); never /tmp/ray, shared by other jobs
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                            "temp_dir": temp_dir})
+    try:
+        cluster.add_node(num_cpus=1, temp_dir=temp_dir)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_trials_run_on_both_nodes_of_a_cluster_joined_with_address_auto(two_node_cluster, tmp_path):
+    features = write_features(tmp_path / "features")
+    out, storage = tmp_path / "results", tmp_path / "shared_storage"
+    env = {**os.environ, "RAY_ADDRESS": two_node_cluster.address}  # what `ray job submit` gives a job
+    result = subprocess.run([sys.executable, str(SCRIPT), "--features", str(features), "--out", str(out),
+                             "--address", "auto", "--storage", str(storage), "--methods", "ncm,tau_norm",
+                             "--taus", "0,0.5,1,1.5,2"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    trials = pq.read_table(out / "trials.parquet").to_pylist()
+    assert len(trials) == 2 + 5
+    nodes = {node.node_id for node in two_node_cluster.list_all_nodes()}
+    assert len(nodes) == 2 and {trial["ray_node_id"] for trial in trials} == nodes
+    assert all(trial["hostname"] and trial["node_ip"] for trial in trials)
+    assert (storage / "stage2").is_dir() and not (out / "ray").exists()  # --storage, not the default
