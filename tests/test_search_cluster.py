@@ -45,3 +45,29 @@ def test_trials_run_on_both_nodes_of_a_cluster_joined_with_address_auto(two_node
     assert len(nodes) == 2 and {trial["ray_node_id"] for trial in trials} == nodes
     assert all(trial["hostname"] and trial["node_ip"] for trial in trials)
     assert (storage / "stage2").is_dir() and not (out / "ray").exists()  # --storage, not the default
+
+
+@pytest.mark.slow
+def test_the_search_runs_as_a_ray_job(tmp_path):
+    """`ray job submit -- python tune/search_stage2.py --address auto`: Ray's way to drive a remote cluster."""
+    from ray.cluster_utils import Cluster
+
+    from launchers import free_port
+
+    temp_dir, port = tempfile.mkdtemp(prefix="ray", dir="/tmp"), free_port()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": True, "dashboard_port": port, "temp_dir": temp_dir})
+    try:
+        cluster.add_node(num_cpus=1, temp_dir=temp_dir)
+        cluster.wait_for_nodes()
+        features, out = write_features(tmp_path / "features"), tmp_path / "results"
+        submit = [os.path.join(os.path.dirname(sys.executable), "ray"), "job", "submit", "--address",
+                  f"http://127.0.0.1:{port}", "--", sys.executable, str(SCRIPT), "--features", str(features),
+                  "--out", str(out), "--address", "auto", "--methods", "ncm,tau_norm", "--taus", "0,1"]
+        result = subprocess.run(submit, cwd=REPO, capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        assert "succeeded" in result.stdout
+        assert len(pq.read_table(out / "trials.parquet")) == 2 + 2
+    finally:
+        cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
