@@ -71,3 +71,26 @@ def test_the_search_runs_as_a_ray_job(tmp_path):
     finally:
         cluster.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_losing_the_worker_node_mid_search_still_finishes_every_trial(two_node_cluster, tmp_path):
+    import time
+
+    features, out = write_features(tmp_path / "features"), tmp_path / "results"
+    env = {**os.environ, "RAY_ADDRESS": two_node_cluster.address}
+    # cRT trials of some seconds each, so the node goes while trials are running
+    search = subprocess.Popen([sys.executable, str(SCRIPT), "--features", str(features), "--out", str(out),
+                               "--address", "auto", "--methods", "crt", "--lrs", "0.05,0.1,0.2,0.4",
+                               "--set", "crt.epochs=300"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    experiment = out / "ray" / "stage2"
+    deadline = time.time() + 600
+    while not (experiment.is_dir() and any(p.is_dir() for p in experiment.iterdir())):
+        assert search.poll() is None and time.time() < deadline, "the search ended before trials started"
+        time.sleep(0.05)
+    worker = next(node for node in two_node_cluster.list_all_nodes() if not node.is_head())
+    two_node_cluster.remove_node(worker)  # SIGKILLs that raylet and its workers
+    output, _ = search.communicate(timeout=900)
+    assert search.returncode == 0, output[-4000:]
+    assert len(pq.read_table(out / "trials.parquet")) == 4
