@@ -59,3 +59,31 @@ def test_a_rest_that_does_not_divide_is_padded_like_a_fresh_epoch():
     # 80 - 2 x 5 = 70 left over 4 ranks: blocks of 18, so the first 2 remaining samples come twice
     rows = delivered_rows(COUNTS, SamplerConfig("instance", seed=3), 2, 5, 1, 4, 2)
     assert len(rows) == 82 and set(rows.tolist()) == set(range(80))
+
+
+def test_the_loader_resumes_an_epoch_on_another_world_and_then_draws_for_it(tmp_path):
+    from lt_dist.data.loader import BalancedLoader, LoaderConfig
+    from conftest import make_image_folder
+    from lt_dist.cli import main
+
+    folder = make_image_folder(tmp_path / "images", [10, 6, 4], size=(8, 8))
+    assert main(["pack", str(folder), "--out", str(tmp_path / "ds"), "--no-progress"]) == 0
+    split = str(tmp_path / "ds" / "train")
+
+    def loader(rank, world_size, batch):
+        return BalancedLoader(LoaderConfig(split, batch, None, SamplerConfig("instance", seed=2), "none", 0),
+                              World(rank, world_size))
+
+    old = [loader(r, 2, 2) for r in range(2)]
+    seen = []
+    for part in old:  # each of 2 ranks delivers 2 batches of 2, then the job stops
+        batches = iter(part)
+        seen += [next(batches)[0] for _ in range(2)]
+    state = old[0].state_dict()
+    assert state["epoch_draws"] == 20 and state["shares"] == []
+    new = loader(0, 1, 4)
+    new.load_state_dict(state)
+    assert len(new) == 3  # 20 - 8 = 12 samples left, batches of 4
+    seen += [rows for rows, _ in new]
+    assert sorted(np.concatenate(seen).tolist()) == list(range(20)) and new.epoch == 1
+    assert len(new) == 5 and new.state_dict()["shares"] == []  # the next epoch is the new world's own
