@@ -31,6 +31,7 @@ class TrainConfig:
     decoder: str = "dali"  # "dali" | "torchvision"
     workers: int = 2  # DataLoader workers per rank
     ckpt_every: int = 0  # also checkpoint every this many optimizer steps (0: per epoch only)
+    ckpt_minutes: float = 30.0  # also checkpoint when this much wall time passed since the last one (0: never)
     keep_checkpoints: int = 2  # newest checkpoints kept (the best model is kept apart)
     log_every: int = 20  # optimizer steps between log lines
     resume: bool = False  # continue from the newest checkpoint in out/checkpoints
@@ -44,6 +45,7 @@ def validate(config: TrainConfig) -> None:
         (config.epochs >= 1, f"epochs must be >= 1, got {config.epochs}"),
         (config.workers >= 0, f"workers must be >= 0, got {config.workers}"),
         (config.ckpt_every >= 0, f"ckpt_every must be >= 0, got {config.ckpt_every}"),
+        (0 <= config.ckpt_minutes <= 10080, f"ckpt_minutes must be in [0, 10080], got {config.ckpt_minutes}"),
         (config.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}"),
         (config.log_every >= 1, f"log_every must be >= 1, got {config.log_every}"),
         (config.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {config.eval_batch_size}"),

@@ -23,6 +23,7 @@ import torch
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 EXIT_GRACE_EXCEEDED = 128 + signal.SIGTERM  # what a shell reports for "killed by SIGTERM"
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # what a shell reports for Ctrl-C
 
 
 class Preempted(Exception):
@@ -64,7 +65,11 @@ class PreemptionWatch:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Runs in the main thread between bytecodes: record, start the clock, nothing more.
         if self.received is not None:
-            return  # a second Ctrl-C changes nothing: the watchdog already bounds the wait
+            if signum == signal.SIGINT:  # a second Ctrl-C: the user wants out now, checkpoint or not
+                print(f"interrupted again: exiting now without waiting for the checkpoint", file=sys.stderr,
+                      flush=True)
+                os._exit(EXIT_INTERRUPTED)
+            return  # a repeated SIGTERM (launchers forward theirs) changes nothing: the watchdog bounds the wait
         self.received, self.received_at = signum, time.monotonic()
         self._watchdog = threading.Timer(self.grace_seconds, self._give_up)
         self._watchdog.daemon = True

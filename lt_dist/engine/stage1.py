@@ -21,6 +21,7 @@ from lt_dist.data.sampler import SamplerConfig, SequentialSampler
 from lt_dist.dist import World, gather_placements, process_group_closed_at_exit
 from lt_dist.engine import checkpoint as ckpt
 from lt_dist.engine import ds
+from lt_dist.engine.ckpt_clock import CheckpointClock
 from lt_dist.engine.logs import RunLogger
 from lt_dist.engine.loop import evaluate, train_one_epoch
 from lt_dist.engine.preempt import Preempted, PreemptionWatch
@@ -99,7 +100,7 @@ def run_stage1(config: TrainConfig, ds_config_path: str) -> dict:
             try:
                 return _train_and_test(config, ds_config, facts, world, watch)
             except Preempted as stop:  # every rank raised it at the same step: a clean exit
-                return {"preempted": stop.tag, "step": stop.step}
+                return {"preempted": stop.tag, "step": stop.step, "signal": watch.received_name}
 
 
 def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: World,
@@ -130,9 +131,12 @@ def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: Wo
               "ranks": placements, "num_classes": num_classes,
               "class_names": facts["class_names"], "train_counts": counts.tolist()})
 
+    clock = CheckpointClock(config.ckpt_minutes)
+
     def save(end_of_epoch: bool) -> str:
         epoch = train_loader.epoch - (1 if end_of_epoch else 0)
         tag = ckpt.checkpoint_tag(engine.global_steps, epoch, end_of_epoch)
+        clock.restart()
         ds.save_checkpoint(engine, ckpt_dir, tag, {
             "epoch": epoch, "global_step": engine.global_steps, "loader": train_loader.state_dict(),
             "best": best, "config": to_dict(config), "ds_config": ds_config})
@@ -142,12 +146,12 @@ def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: Wo
 
     def on_step() -> None:
         scheduled = bool(config.ckpt_every) and engine.global_steps % config.ckpt_every == 0
+        scheduled = clock.due(engine.global_steps, engine.device) or scheduled  # collective: call on every rank
         stop = watch.agreed(engine.device)  # collective, every step: all ranks stop at the same one
         if scheduled or stop:
             tag = save(end_of_epoch=False)
             if stop:
-                say(f"pre-empted ({watch.received_name}): checkpoint {tag} written; rerun with --resume")
-                logger.close()
+                logger.close()  # the entry point prints the one line saying how to resume
                 raise Preempted(tag, engine.global_steps)
 
     for epoch in range(train_loader.epoch, config.epochs):
@@ -173,7 +177,6 @@ def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: Wo
                     "image_size": config.image_size})
         tag = save(end_of_epoch=True)
         if watch.agreed(engine.device):  # signalled during validation: the epoch's checkpoint is the stop
-            say(f"pre-empted ({watch.received_name}): checkpoint {tag} written; rerun with --resume")
             logger.close()
             raise Preempted(tag, engine.global_steps)
     result = _final_test(config, engine, test_loader or val_loader, num_classes, counts, facts, world, best)
