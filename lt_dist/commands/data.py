@@ -82,7 +82,9 @@ def _add_extract(subparsers) -> None:
     parser.add_argument("--out", required=True, help="features folder features/NAME")
     parser.add_argument("--decoder", choices=("dali", "torchvision"), default="dali", help="image decoder")
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch per process")
-    parser.add_argument("--workers", type=int, default=2, help="loader processes per rank")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="loader processes per rank (None: 0 for dali, for torchvision the CPUs per rank "
+                        "less one, at most 8; logged)")
     parser.set_defaults(run=run_extract)
 
 
@@ -94,5 +96,11 @@ def run_extract(args) -> int:
     splits = args.splits or [s for s in ("train", "val", "test") if os.path.isdir(os.path.join(args.data, s))]
     if args.batch_size < 1:
         raise UserInputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers is None:
+        from lt_dist.choices import default_workers
+
+        args.workers, why = default_workers(args.decoder, ranks_on_node=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        if os.environ.get("RANK", "0") == "0":
+            print(f"workers: {args.workers} loader processes per rank ({why}; --workers sets it)")
     extract(args.ckpt, args.data, splits, args.out, args.decoder, args.batch_size, args.workers)
     return 0

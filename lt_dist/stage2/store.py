@@ -26,8 +26,13 @@ CLASSIFIER = "classifier.arrow"
 
 def _write_ipc(path: str, table: pa.Table) -> None:
     temp = f"{path}.tmp-{os.getpid()}"
-    with pa.OSFile(temp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table, max_chunksize=max(table.num_rows, 1))
+    try:
+        with pa.OSFile(temp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=max(table.num_rows, 1))
+    except BaseException:  # Ctrl-C mid-write included: no half-written file stays behind
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
     os.replace(temp, path)
 
 
@@ -57,8 +62,11 @@ def write_classifier(folder: str, weight: np.ndarray, bias: np.ndarray, train_co
 
 
 def write_index(folder: str, info: dict) -> None:
-    with open(os.path.join(folder, INDEX), "w", encoding="utf-8") as handle:
+    """features.json, written last and atomically: its presence says every file it lists is whole."""
+    temp = os.path.join(folder, f".{INDEX}.tmp-{os.getpid()}")
+    with open(temp, "w", encoding="utf-8") as handle:
         json.dump(info, handle, indent=1)
+    os.replace(temp, os.path.join(folder, INDEX))
 
 
 @dataclass
