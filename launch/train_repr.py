@@ -81,6 +81,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "passed since the last checkpoint, so a crash loses at most that (default: %(default)s; 0: off)")
     arg("--keep-checkpoints", type=int, default=defaults.keep_checkpoints, help="newest checkpoints kept")
     arg("--log-every", type=int, default=defaults.log_every, help="optimizer steps between log lines")
+    arg("--no-progress", dest="progress", action="store_false", help="no progress bar (on a terminal) or "
+        "periodic progress lines (elsewhere, every 30 s) from the main rank")
     arg("--eval-batch-size", type=int, default=defaults.eval_batch_size, help="per-rank batch for val/test")
     arg("--resume", action="store_true", help="continue from the newest checkpoint in OUT/checkpoints")
     arg("--grace-seconds", type=float, default=defaults.grace_seconds,
@@ -97,9 +99,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        loss_params=dict(args.loss_param), epochs=args.epochs, seed=args.seed,
                        train_preset=args.train_preset, eval_preset=args.eval_preset,
                        image_size=args.image_size, decoder=args.decoder, workers=args.workers,
-                       ckpt_every=args.ckpt_every, ckpt_minutes=args.ckpt_minutes, keep_checkpoints=args.keep_checkpoints,
-                       log_every=args.log_every, resume=args.resume, eval_batch_size=args.eval_batch_size,
-                       grace_seconds=args.grace_seconds)
+                       ckpt_every=args.ckpt_every, ckpt_minutes=args.ckpt_minutes,
+                       keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, progress=args.progress,
+                       resume=args.resume, eval_batch_size=args.eval_batch_size, grace_seconds=args.grace_seconds)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

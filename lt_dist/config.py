@@ -34,6 +34,7 @@ class TrainConfig:
     ckpt_minutes: float = 30.0  # also checkpoint when this much wall time passed since the last one (0: never)
     keep_checkpoints: int = 2  # newest checkpoints kept (the best model is kept apart)
     log_every: int = 20  # optimizer steps between log lines
+    progress: bool = True  # main rank: a bar on a terminal, a line every 30 s otherwise
     resume: bool = False  # continue from the newest checkpoint in out/checkpoints
     eval_batch_size: int = 256  # per rank, for val/test
     grace_seconds: float = 60.0  # after SIGTERM/SIGINT: checkpoint and exit within this, else exit 143

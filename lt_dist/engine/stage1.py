@@ -157,7 +157,7 @@ def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: Wo
     for epoch in range(train_loader.epoch, config.epochs):
         train_loader.set_epoch(epoch)
         summary = train_one_epoch(engine, train_loader, loss_fn, epoch=epoch, num_epochs=config.epochs,
-                                  log_every=config.log_every, show_progress=world.is_main, on_step=on_step,
+                                  log_every=config.log_every, show_progress=world.is_main and config.progress, on_step=on_step,
                                   on_log=lambda values: logger.log("train", engine.global_steps, **values))
         metrics = evaluate(engine.module, val_loader, num_classes, counts, engine.device)
         scores = {key: metrics[key] for key in ("all", "many", "medium", "few")}
