@@ -83,6 +83,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     arg("--log-every", type=int, default=defaults.log_every, help="optimizer steps between log lines")
     arg("--no-progress", dest="progress", action="store_false", help="no progress bar (on a terminal) or "
         "periodic progress lines (elsewhere, every 30 s) from the main rank")
+    arg("--verbose", action="store_true", help="keep DeepSpeed's and torch's start-up warnings")
     arg("--eval-batch-size", type=int, default=defaults.eval_batch_size, help="per-rank batch for val/test")
     arg("--resume", action="store_true", help="continue from the newest checkpoint in OUT/checkpoints")
     arg("--grace-seconds", type=float, default=defaults.grace_seconds,
@@ -163,6 +164,9 @@ def _run(args: argparse.Namespace, is_main: bool) -> int:
     """Import the engine, train, and turn a pre-emption into its one line and exit code."""
     # DeepSpeed 0.19's ZeRO calls a torch collective torch 2.14 marks deprecated, once per step
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated")
+    from lt_dist.quiet import quiet_startup
+
+    quiet_startup(args.verbose)  # before DeepSpeed is imported: its import-time warnings are filtered too
     from lt_dist.engine.stage1 import run_stage1  # after parsing: --help stays fast
 
     ds_config = _ds_config_file(args.ds_config)

@@ -65,6 +65,7 @@ def interrupt_then_resume_with_config_json(tiny, run, common) -> None:
     output, _ = rank.communicate(timeout=600)
     assert rank.returncode == 130, output[-4000:]
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-4000:]
+    assert "untested optimizer" not in output and "Setting accelerator" not in output  # quiet by default
     said = [line for line in output.splitlines() if "--resume" in line]
     assert len(said) == 1 and said[0].startswith("train_repr: interrupted at step "), output[-4000:]
     tag = (run / "checkpoints" / "latest").read_text().strip()
