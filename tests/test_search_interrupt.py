@@ -40,5 +40,6 @@ def test_ctrl_c_keeps_finished_trials_and_resume_completes_the_table(tmp_path):
     started = time.time()
     resumed = subprocess.run(args + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:] + f" after {time.time() - started:.0f} s"
+    assert resumed.stdout.startswith(f"resuming the search in {out / 'ray' / 'stage2'}"), resumed.stdout[:2000]
     trials = pq.read_table(out / "trials.parquet").to_pylist()
     assert sorted(json.loads(t["params"])["lr"] for t in trials) == [0.05 + 0.01 * i for i in range(6)]

@@ -185,6 +185,7 @@ def run_search(args, trials: list[dict], out: str) -> list[dict]:
     storage, name = storage_path(args.storage, out), "stage2"
     experiment = f"{storage.rstrip('/')}/{name}"
     if args.resume and tune.Tuner.can_restore(experiment):
+        print(f"resuming the search in {experiment}: finished trials are kept, the others run", flush=True)
         tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
     else:
         space = {"trial": tune.grid_search(trials), "features": os.path.abspath(args.features),
