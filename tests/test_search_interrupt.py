@@ -1,10 +1,13 @@
 """Ctrl-C in the stage-2 search: one line, exit 130, no trials table; --resume finishes the rest."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 
@@ -38,7 +41,12 @@ def test_ctrl_c_keeps_finished_trials_and_resume_completes_the_table(tmp_path):
     assert not (out / "trials.parquet").exists() and not list(out.glob(".trials.parquet.tmp-*"))
 
     started = time.time()
-    resumed = subprocess.run(args + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths must stay under 107 bytes
+    resumed = subprocess.run(args + ["--resume"], cwd=REPO, env={**env, "RAY_TMPDIR": ray_tmp}, capture_output=True,
+                             text=True, timeout=900)
+    leftovers = [str(p) for p in Path(ray_tmp).rglob("session_*")]
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert leftovers == []  # the search removed the session folder of the Ray it started
     assert resumed.returncode == 0, resumed.stderr[-3000:] + f" after {time.time() - started:.0f} s"
     assert resumed.stdout.startswith(f"resuming the search in {out / 'ray' / 'stage2'}"), resumed.stdout[:2000]
     trials = pq.read_table(out / "trials.parquet").to_pylist()

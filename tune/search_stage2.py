@@ -194,22 +194,41 @@ def run_search(args, trials: list[dict], out: str) -> list[dict]:
                            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=2 if args.verbose else 0,
                                                      callbacks=[trial_lines(len(trials), args.no_progress)],
                                                      failure_config=tune.FailureConfig(max_failures=args.max_failures)))
-    grid = tuner.fit()  # Ctrl-C: KeyboardInterrupt from here (Ray's own handler is off, see main)
+    try:
+        grid = tuner.fit()  # Ctrl-C: KeyboardInterrupt from here (Ray's own handler is off, see main)
+    finally:
+        _shutdown_quietly(started_here=not args.address)
     failed = [result for result in grid if result.error is not None]
     for result in failed:
         print(f"trial failed after retries: {result.config.get('trial')}: {result.error}", file=sys.stderr)
-    ray.shutdown()
     return [dict(result.metrics) for result in grid if result.error is None and "selection_score" in result.metrics]
 
 
-def _shutdown_quietly() -> None:
-    """Stop the local Ray (or leave the cluster) after an interrupt; a second Ctrl-C here just exits."""
+def _shutdown_quietly(started_here: bool) -> None:
+    """Stop the local Ray (or leave the cluster); a Ctrl-C during it changes nothing.
+
+    A Ray this script started leaves its session folder (logs, sockets) under the
+    system temp dir, one per search: it is removed here (the results live in --storage).
+    """
+    import shutil
+
     import ray
 
+    session = None
+    if started_here:
+        try:  # private but stable since Ray 1.x; without it the folder just stays
+            session = ray._private.worker._global_node.get_session_dir_path()
+        except AttributeError:
+            session = None
     try:
         ray.shutdown()
     except KeyboardInterrupt:
         pass
+    if session and os.path.basename(session).startswith("session_"):
+        shutil.rmtree(session, ignore_errors=True)
+        latest = os.path.join(os.path.dirname(session), "session_latest")
+        if os.path.islink(latest) and os.path.realpath(latest) == os.path.realpath(session):
+            os.remove(latest)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         os.makedirs(out, exist_ok=True)
         try:
             results = run_search(args, trials, out)
-        except KeyboardInterrupt:
-            _shutdown_quietly()
+        except KeyboardInterrupt:  # Ray was shut down on the way out of run_search
             print(f"search_stage2: interrupted; finished trials are kept in {storage_path(args.storage, out)}; "
                   f"the same command with --resume continues", file=sys.stderr, flush=True)
             return 130
