@@ -81,6 +81,11 @@ def interrupt_then_resume_with_config_json(tiny, run, common) -> None:
 def test_ctrl_c_checkpoints_says_how_to_resume_and_a_finished_resume_exits_0(tiny, tmp_path):
     run = tmp_path / "interrupted"
     interrupt_then_resume_with_config_json(tiny, run, ["--epochs", 1, "--seed", 5])
+    # the test scores are in log.jsonl (and TensorBoard) as well as test_metrics.json
+    [logged] = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"kind": "test"' in line]
+    written = json.loads((run / "test_metrics.json").read_text())
+    assert logged["split"] == "test" and logged["few"] == written["few"] and logged["all"] == written["all"]
+    assert list((run / "tb").glob("events.out.tfevents.*"))
     # --resume of a finished run says so, exits 0 and does not test again
     before = (run / "test_metrics.json").stat().st_mtime_ns
     again = finish(start_ranks([str(REPO / "launch" / "train_repr.py"), "--config", str(run / "config.json"),

@@ -180,6 +180,8 @@ def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: Wo
             logger.close()
             raise Preempted(tag, engine.global_steps)
     result = _final_test(config, engine, test_loader or val_loader, num_classes, counts, facts, world, best)
+    # log.jsonl and TensorBoard get the final scores too (kind "test": tb test/all, test/few, ...)
+    logger.log("test", engine.global_steps, split="test" if facts["test_dir"] else "val", **result)
     logger.close()
     return result
 
