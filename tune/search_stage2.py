@@ -161,6 +161,16 @@ def trial_lines(total: int, quiet: bool):
                   f"val all {result['val_all']:.2f} few {result['val_few']:.2f} ({result['seconds']:.1f} s)",
                   flush=True)
 
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            chosen = (trial.config or {}).get("trial", {})
+            print(f"trial errored, retrying: {chosen.get('method')} {json.dumps(chosen.get('params'))}",
+                  file=sys.stderr, flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            chosen = (trial.config or {}).get("trial", {})
+            print(f"trial errored after --max-failures retries: {chosen.get('method')} "
+                  f"{json.dumps(chosen.get('params'))}", file=sys.stderr, flush=True)
+
     return TrialLines()
 
 
