@@ -87,3 +87,19 @@ def test_the_loader_resumes_an_epoch_on_another_world_and_then_draws_for_it(tmp_
     seen += [rows for rows, _ in new]
     assert sorted(np.concatenate(seen).tolist()) == list(range(20)) and new.epoch == 1
     assert len(new) == 5 and new.state_dict()["shares"] == []  # the next epoch is the new world's own
+
+
+def test_a_zero_checkpoint_of_another_world_size_is_refused_naming_the_sizes_that_work(tmp_path):
+    from lt_dist.engine.checkpoint import check_resume_world
+    from lt_dist.errors import UserInputError
+
+    tag = tmp_path / "checkpoints" / "gs000000004-epoch0000-mid"
+    tag.mkdir(parents=True)
+    (tmp_path / "checkpoints" / "latest").write_text(tag.name)
+    (tag / "mp_rank_00_model_states.pt").write_bytes(b"")
+    check_resume_world(str(tmp_path), 3)  # stage 0: the optimizer state is whole, any world resumes
+    for rank in range(2):
+        (tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    check_resume_world(str(tmp_path), 2)
+    with pytest.raises(UserInputError, match="split over 2 ranks, this run has 1: resume on 2 ranks"):
+        check_resume_world(str(tmp_path), 1)

@@ -57,6 +57,7 @@ def check_inputs(config: TrainConfig, ds_config_path: str, world: World) -> tupl
     ckpt_dir = os.path.join(config.out, "checkpoints")
     if config.resume:
         ckpt.check_resume_compatible(config.out, config.arch, len(counts), config.small_input)
+        ckpt.check_resume_world(config.out, world.world_size)
     elif os.path.isfile(os.path.join(ckpt_dir, "latest")):
         raise UserInputError(f"{config.out!r} already holds checkpoints: pass --resume to continue "
                              f"or choose another --out")
