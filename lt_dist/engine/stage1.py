@@ -148,6 +148,7 @@ def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: Wo
             tag = save(end_of_epoch=False)
             if stop:
                 say(f"pre-empted ({watch.received_name}): checkpoint {tag} written; rerun with --resume")
+                logger.log("preempted", engine.global_steps, tag=tag)  # this step has no "train" line
                 logger.close()
                 raise Preempted(tag, engine.global_steps)
 
