@@ -106,6 +106,7 @@ def test_a_zero_checkpoint_of_another_world_size_is_refused_naming_the_sizes_tha
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # several launches; generous for a loaded machine
 def test_stage1_preempted_on_two_ranks_resumes_on_one_and_continues_the_schedule(tmp_path):
     """2 -> 1 ranks with ZeRO stage 0: the global batch is kept, the step count and the lr continue."""
     import json

@@ -42,6 +42,7 @@ def write_hostfile(path: Path) -> Path:
     return path
 
 
+@pytest.mark.timeout(1800)  # several launches; generous for a loaded machine
 def test_deepspeed_no_ssh_two_nodes_match_four_ranks_on_one_node(tiny, one_node_run, tmp_path):
     run, hostfile, port = tmp_path / "run", write_hostfile(tmp_path / "hostfile"), free_port()
     nodes = [deepspeed_node(train_args(tiny, run, *COMMON), hostfile, node, port) for node in (0, 1)]
@@ -55,6 +56,7 @@ def test_deepspeed_no_ssh_two_nodes_match_four_ranks_on_one_node(tiny, one_node_
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # several launches; generous for a loaded machine
 def test_torchrun_two_nodes_match_four_ranks_on_one_node(tiny, one_node_run, tmp_path):
     run, port = tmp_path / "run", free_port()
     nodes = [subprocess.Popen([str(BIN / "torchrun"), "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node",

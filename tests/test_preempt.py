@@ -74,6 +74,7 @@ def wait_for(condition, processes, timeout_s: float = 600) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.timeout(1800)  # several launches; generous for a loaded machine
 def test_sigterm_to_one_rank_stops_both_at_one_step_and_resume_is_bit_identical(tiny, tmp_path):
     common = ["--epochs", 2, "--seed", 3]
     finish(start_ranks(train_args(tiny, tmp_path / "straight", *common), 2, free_port()))
@@ -99,6 +100,7 @@ def test_sigterm_to_one_rank_stops_both_at_one_step_and_resume_is_bit_identical(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # several launches; generous for a loaded machine
 def test_sigterm_to_the_whole_deepspeed_job_checkpoints_and_resumes_exactly(tiny, tmp_path):
     # What Slurm does at a time limit: SIGTERM to every process of the job (launchers and ranks).
     common = ["--epochs", 2, "--seed", 4]
