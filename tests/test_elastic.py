@@ -107,8 +107,9 @@ def test_a_zero_checkpoint_of_another_world_size_is_refused_naming_the_sizes_tha
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # several launches; generous for a loaded machine
-def test_stage1_preempted_on_two_ranks_resumes_on_one_and_continues_the_schedule(tmp_path):
-    """2 -> 1 ranks with ZeRO stage 0: the global batch is kept, the step count and the lr continue."""
+@pytest.mark.parametrize("old_world, new_world", [(2, 1), (1, 2)])
+def test_stage1_preempted_resumes_on_another_world_size_and_continues_the_schedule(tmp_path, old_world, new_world):
+    """2 -> 1 and 1 -> 2 ranks with ZeRO stage 0: the global batch is kept, the steps and the lr continue."""
     import json
     import math
     import signal
@@ -119,7 +120,7 @@ def test_stage1_preempted_on_two_ranks_resumes_on_one_and_continues_the_schedule
     root = build_tiny_dataset(tmp_path)
     (root / "ds.json").write_text(json.dumps({**DS_CONFIG, "zero_optimization": {"stage": 0}}))
     run = tmp_path / "run"
-    ranks = start_ranks(train_args(root, run, "--epochs", 2), 2, free_port())
+    ranks = start_ranks(train_args(root, run, "--epochs", 2), old_world, free_port())
     log = run / "log.jsonl"
     deadline = time.time() + 900
     while not (log.exists() and log.read_text().count('"kind": "train"') >= 2):
@@ -128,12 +129,13 @@ def test_stage1_preempted_on_two_ranks_resumes_on_one_and_continues_the_schedule
     ranks[0].send_signal(signal.SIGTERM)
     finish(ranks)
     stopped = json.loads((run / "config.json").read_text())
-    assert stopped["deepspeed"]["train_micro_batch_size_per_gpu"] == 8
+    assert stopped["deepspeed"]["train_micro_batch_size_per_gpu"] == 16 // old_world
 
-    output = finish(start_ranks(train_args(root, run, "--epochs", 2, "--resume"), 1, free_port()))[0]
+    output = finish(start_ranks(train_args(root, run, "--epochs", 2, "--resume"), new_world, free_port()))[0]
     assert "resumed from" in output
     resumed = json.loads((run / "config.json").read_text())
-    assert resumed["world_size"] == 1 and resumed["deepspeed"]["train_micro_batch_size_per_gpu"] == 16
+    assert resumed["world_size"] == new_world
+    assert resumed["deepspeed"]["train_micro_batch_size_per_gpu"] == 16 // new_world
     steps = [json.loads(line) for line in log.read_text().splitlines() if '"kind": "train"' in line]
     numbers = [record["step"] for record in steps]
     # 108 training samples, 16 per step: 7 steps an epoch on either world, so 14 in all and none twice
