@@ -52,6 +52,10 @@ def test_deepspeed_no_ssh_two_nodes_match_four_ranks_on_one_node(tiny, one_node_
     assert config["world_size"] == 4 and config["num_nodes"] == 2 and ranks == EXPECTED_PLACEMENTS
     reference, single = placements(one_node_run)
     assert reference["num_nodes"] == 1 and [p["node_rank"] for p in single] == [0] * 4
+    tag = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    # every rank of both nodes wrote its optimizer part into the one shared tag folder, rank 0 the model
+    assert sorted(p.name for p in tag.iterdir()) == ["mp_rank_00_model_states.pt", *(
+        f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(4))]
     assert_same_weights(final_weights(one_node_run), final_weights(run))
 
 
