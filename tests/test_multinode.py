@@ -4,7 +4,6 @@ The 4-rank single-launcher run is the reference: the same ranks see the same sam
 the two-node runs must end with the same weights.
 """
 import json
-import signal
 import subprocess
 from pathlib import Path
 

@@ -1,5 +1,4 @@
 """Pre-emption: SIGTERM/SIGINT -> a checkpoint at one agreed step on every rank -> exit 0 -> exact resume."""
-import json
 import os
 import signal
 import subprocess
