@@ -42,11 +42,14 @@ def test_a_process_that_cannot_checkpoint_in_time_exits_143_with_a_message():
     assert "no checkpoint within --grace-seconds 0.5" in err
 
 
-def test_bad_grace_seconds_is_refused_at_start_up(tmp_path):
-    args = train_args(tmp_path, tmp_path / "run", "--grace-seconds", "-1")
-    result = subprocess.run([sys.executable, *args], cwd=REPO, env=environment(), capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 2 and "grace_seconds must be in (0, 86400], got -1.0" in result.stderr
+def test_bad_grace_seconds_is_refused_at_start_up(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "launch"))
+    try:
+        import train_repr
+    finally:
+        sys.path.pop(0)
+    status = train_repr.main(train_args(tmp_path, tmp_path / "run", "--grace-seconds", "-1")[1:])
+    assert status == 2 and "grace_seconds must be in (0, 86400], got -1.0" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
