@@ -87,3 +87,60 @@ def test_the_loader_resumes_an_epoch_on_another_world_and_then_draws_for_it(tmp_
     seen += [rows for rows, _ in new]
     assert sorted(np.concatenate(seen).tolist()) == list(range(20)) and new.epoch == 1
     assert len(new) == 5 and new.state_dict()["shares"] == []  # the next epoch is the new world's own
+
+
+def test_a_zero_checkpoint_of_another_world_size_is_refused_naming_the_sizes_that_work(tmp_path):
+    from lt_dist.engine.checkpoint import check_resume_world
+    from lt_dist.errors import UserInputError
+
+    tag = tmp_path / "checkpoints" / "gs000000004-epoch0000-mid"
+    tag.mkdir(parents=True)
+    (tmp_path / "checkpoints" / "latest").write_text(tag.name)
+    (tag / "mp_rank_00_model_states.pt").write_bytes(b"")
+    check_resume_world(str(tmp_path), 3)  # stage 0: the optimizer state is whole, any world resumes
+    for rank in range(2):
+        (tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    check_resume_world(str(tmp_path), 2)
+    with pytest.raises(UserInputError, match="split over 2 ranks, this run has 1: resume on 2 ranks"):
+        check_resume_world(str(tmp_path), 1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # several launches; generous for a loaded machine
+@pytest.mark.parametrize("old_world, new_world", [(2, 1), (1, 2)])
+def test_stage1_preempted_resumes_on_another_world_size_and_continues_the_schedule(tmp_path, old_world, new_world):
+    """2 -> 1 and 1 -> 2 ranks with ZeRO stage 0: the global batch is kept, the steps and the lr continue."""
+    import json
+    import math
+    import signal
+    import time
+
+    from launchers import DS_CONFIG, build_tiny_dataset, finish, free_port, start_ranks, train_args
+
+    root = build_tiny_dataset(tmp_path)
+    (root / "ds.json").write_text(json.dumps({**DS_CONFIG, "zero_optimization": {"stage": 0}}))
+    run = tmp_path / "run"
+    ranks = start_ranks(train_args(root, run, "--epochs", 2), old_world, free_port())
+    log = run / "log.jsonl"
+    deadline = time.time() + 900
+    while not (log.exists() and log.read_text().count('"kind": "train"') >= 2):
+        assert all(p.poll() is None for p in ranks) and time.time() < deadline, "no training step to interrupt"
+        time.sleep(0.01)
+    ranks[0].send_signal(signal.SIGTERM)
+    finish(ranks)
+    stopped = json.loads((run / "config.json").read_text())
+    assert stopped["deepspeed"]["train_micro_batch_size_per_gpu"] == 16 // old_world
+
+    output = finish(start_ranks(train_args(root, run, "--epochs", 2, "--resume"), new_world, free_port()))[0]
+    assert "resumed from" in output
+    resumed = json.loads((run / "config.json").read_text())
+    assert resumed["world_size"] == new_world
+    assert resumed["deepspeed"]["train_micro_batch_size_per_gpu"] == 16 // new_world
+    steps = [json.loads(line) for line in log.read_text().splitlines() if '"kind": "train"' in line]
+    numbers = [record["step"] for record in steps]
+    # 108 training samples, 16 per step: 7 steps an epoch on either world, so 14 in all and none twice
+    # (the pre-empted step checkpoints before its log line: that one number is absent)
+    assert numbers == sorted(set(numbers)) and numbers[-1] == 14 and len(numbers) >= 13
+    for record in steps:  # the lr after step s of the cosine schedule, recomputed here, across the resume
+        expected = 0.05 * 0.5 * (1 + math.cos(math.pi * record["step"] / 14))
+        assert record["lr"] == pytest.approx(expected, rel=1e-6, abs=1e-12), record

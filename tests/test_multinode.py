@@ -4,7 +4,6 @@ The 4-rank single-launcher run is the reference: the same ranks see the same sam
 the two-node runs must end with the same weights.
 """
 import json
-import signal
 import subprocess
 from pathlib import Path
 
@@ -42,6 +41,7 @@ def write_hostfile(path: Path) -> Path:
     return path
 
 
+@pytest.mark.timeout(1800)  # several launches; generous for a loaded machine
 def test_deepspeed_no_ssh_two_nodes_match_four_ranks_on_one_node(tiny, one_node_run, tmp_path):
     run, hostfile, port = tmp_path / "run", write_hostfile(tmp_path / "hostfile"), free_port()
     nodes = [deepspeed_node(train_args(tiny, run, *COMMON), hostfile, node, port) for node in (0, 1)]
@@ -51,10 +51,15 @@ def test_deepspeed_no_ssh_two_nodes_match_four_ranks_on_one_node(tiny, one_node_
     assert config["world_size"] == 4 and config["num_nodes"] == 2 and ranks == EXPECTED_PLACEMENTS
     reference, single = placements(one_node_run)
     assert reference["num_nodes"] == 1 and [p["node_rank"] for p in single] == [0] * 4
+    tag = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    # every rank of both nodes wrote its optimizer part into the one shared tag folder, rank 0 the model
+    assert sorted(p.name for p in tag.iterdir()) == ["mp_rank_00_model_states.pt", *(
+        f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(4))]
     assert_same_weights(final_weights(one_node_run), final_weights(run))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # several launches; generous for a loaded machine
 def test_torchrun_two_nodes_match_four_ranks_on_one_node(tiny, one_node_run, tmp_path):
     run, port = tmp_path / "run", free_port()
     nodes = [subprocess.Popen([str(BIN / "torchrun"), "--nnodes", "2", "--node_rank", str(node), "--nproc_per_node",

@@ -30,6 +30,7 @@ def two_node_cluster():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+@pytest.mark.timeout(1800)  # several launches; generous for a loaded machine
 def test_trials_run_on_both_nodes_of_a_cluster_joined_with_address_auto(two_node_cluster, tmp_path):
     features = write_features(tmp_path / "features")
     out, storage = tmp_path / "results", tmp_path / "shared_storage"
@@ -48,6 +49,7 @@ def test_trials_run_on_both_nodes_of_a_cluster_joined_with_address_auto(two_node
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # several launches; generous for a loaded machine
 def test_the_search_runs_as_a_ray_job(tmp_path):
     """`ray job submit -- python tune/search_stage2.py --address auto`: Ray's way to drive a remote cluster."""
     from ray.cluster_utils import Cluster
@@ -74,6 +76,7 @@ def test_the_search_runs_as_a_ray_job(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # several launches; generous for a loaded machine
 def test_losing_the_worker_node_mid_search_still_finishes_every_trial(two_node_cluster, tmp_path):
     import time
 

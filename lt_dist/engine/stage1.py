@@ -70,6 +70,7 @@ def check_inputs(config: TrainConfig, ds_config_path: str, world: World) -> tupl
         ckpt.check_resume_compatible(config.out, config.arch, len(counts), config.small_input,
                                      {key: getattr(config, key) for key in ("epochs", "seed", "sampler",
                                                                             "sampler_draw")})
+        ckpt.check_resume_world(config.out, world.world_size)
         facts["resume_tag"] = ckpt.choose_resume_tag(ckpt_dir, say)  # every rank: the same files, the same tag
     else:
         held = [name for name in ("config.json", ckpt.BEST_MODEL, "log.jsonl", "checkpoints")
@@ -167,6 +168,7 @@ def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: Wo
         if scheduled or stop:
             tag = save(end_of_epoch=False)
             if stop:
+                logger.log("preempted", engine.global_steps, tag=tag)  # this step has no "train" line
                 logger.close()  # the entry point prints the one line saying how to resume
                 raise Preempted(tag, engine.global_steps)
 
