@@ -121,7 +121,10 @@ def run_extract(args) -> int:
     import os
 
     from lt_dist.config import check_int
+    from lt_dist.optional import require
 
+    if args.decoder == "dali":  # a missing package first: no other message would help
+        require("nvidia.dali", "--decoder dali")
     export_storage_flags(args)
     if is_url(args.data):  # a URL cannot be listed like a folder: find_splits tries train/val/test
         from lt_dist.shards.manifest import find_splits
