@@ -209,7 +209,7 @@ def test_internal_error_is_one_line_and_traceback_on_request(tmp_path: Path):
     exit 1; LT_DIST_TRACEBACK=1 shows the traceback."""
     (tmp_path / "c.json").write_text("[5, 3, 1]")
     code = ("import sys, lt_dist.shards.stats as stats, lt_dist.cli as cli\n"
-            "def broken(counts): raise RuntimeError('a bug')\n"
+            "def broken(*args, **kwargs): raise RuntimeError('a bug')\n"
             "stats.count_stats = broken\n"
             "sys.exit(cli.main(['stats', '--counts', 'c.json']))\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
