@@ -5,6 +5,7 @@ import gzip
 import io
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -88,6 +89,13 @@ def idx_folder(tmp_path: Path) -> Path:
         images = rng.integers(0, 256, (len(labels), 8, 8)).astype(np.uint8)
         write_idx(folder, prefix, images, labels, gz)
     return folder
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (bind to port 0 and let the kernel choose)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
