@@ -141,10 +141,37 @@ def test_ldam_reweights_from_the_start_epoch_on_and_never_without_drw():
     assert weighted != pytest.approx(unweighted, rel=1e-3)
 
 
+def ldam_by_hand(logits, targets, scale=30.0, max_margin=0.5, weights=None):
+    margins = COUNTS.astype(float) ** -0.25
+    margins = margins * max_margin / margins.max()
+    shifted = logits.numpy().astype(np.float64).copy()
+    shifted[np.arange(len(targets)), targets.numpy()] -= margins[targets.numpy()]
+    return ce_by_hand(scale * shifted, targets.numpy(), weights)
+
+
 def test_a_fresh_ldam_loss_is_not_reweighted_before_set_epoch():
     loss = build_loss("ldam", COUNTS, drw_start=0.0)
-    plain = build_loss("ldam", COUNTS, drw=False)
-    assert loss(UNEVEN_LOGITS, UNEVEN_TARGETS).item() == pytest.approx(plain(UNEVEN_LOGITS, UNEVEN_TARGETS).item())
+    assert loss(UNEVEN_LOGITS, UNEVEN_TARGETS).item() == pytest.approx(ldam_by_hand(UNEVEN_LOGITS, UNEVEN_TARGETS),
+                                                                       rel=1e-5)
+
+
+def test_ldam_on_a_batch_without_the_last_class():
+    targets = torch.tensor([0, 1, 0, 1])  # the margins' one-hot must still span all 3 classes
+    loss = build_loss("ldam", COUNTS, max_margin=0.3, scale=10.0, drw=False)
+    assert loss(UNEVEN_LOGITS, targets).item() == pytest.approx(
+        ldam_by_hand(UNEVEN_LOGITS, targets, scale=10.0, max_margin=0.3), rel=1e-5)
+
+
+def test_losses_raise_no_warnings(recwarn):
+    for name in LOSSES:
+        build_loss(name, COUNTS)(UNEVEN_LOGITS, UNEVEN_TARGETS)
+    assert [str(w.message) for w in recwarn] == []
+
+
+def test_a_class_with_one_image_is_accepted_and_unknown_names_list_the_choices():
+    assert torch.isfinite(build_loss("class_balanced", np.array([5, 1]))(LOGITS[:, :2], torch.tensor([0, 1, 1])))
+    with pytest.raises(ValueError, match="choose one of ce, focal, class_balanced, ldam, logit_adjusted$"):
+        build_loss("hinge", COUNTS)
 
 
 def test_ce_ignores_the_epoch_and_counts_with_a_zero_raise_before_building():

@@ -199,3 +199,28 @@ def test_resume_with_another_arch_or_class_count_is_refused(shards, tmp_path, ca
                                                  "num_classes": 7}))
     status, err = run_main(args, capsys)
     assert status == 2 and "num_classes=7" in err
+
+
+def first_step_loss(shards, out, *loss_flags) -> float:
+    """The loss of the first optimizer step of a 1-epoch, 1-process run (seed 3)."""
+    command = [sys.executable, str(SCRIPT), "--ds_config", str(shards / "ds.json"), "--data", str(shards / "ds"),
+               "--out", str(out), *TINY[:-2], "--log-every", "1", "--epochs", "1", "--workers", "0", "--seed", "3",
+               *map(str, loss_flags)]
+    result = subprocess.run(command, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    first = next(r for r in records if r["kind"] == "train")
+    assert first["step"] == 1
+    return first["loss"]
+
+
+def test_stage1_trains_the_configured_loss(shards, tmp_path):
+    """Same seed, same first batch and initial weights: focal with gamma = 0 is cross-entropy to the
+    last bits, and gamma = 2 scales every sample's CE by (1 - p_y)^2 < 1, so its loss is strictly lower.
+    A stage 1 that trained CE whatever --loss said (or dropped --loss-param) fails one of the two."""
+    ce = first_step_loss(shards, tmp_path / "ce", "--loss", "ce")
+    focal_zero = first_step_loss(shards, tmp_path / "f0", "--loss", "focal", "--loss-param", "gamma=0")
+    focal_two = first_step_loss(shards, tmp_path / "f2", "--loss", "focal", "--loss-param", "gamma=2")
+    assert focal_zero == pytest.approx(ce, rel=1e-5)
+    # an untrained 4-class net has p_y near 1/4: (1 - p_y)^2 near 0.56
+    assert 0 < focal_two < 0.9 * ce
