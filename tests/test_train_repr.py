@@ -217,12 +217,9 @@ def first_step_loss(shards, out, *loss_flags) -> float:
 
 
 def test_stage1_trains_the_configured_loss(shards, tmp_path):
-    """Same seed, same first batch and initial weights: focal with gamma = 0 is cross-entropy to the
-    last bits, and gamma = 2 scales every sample's CE by (1 - p_y)^2 < 1, so its loss is strictly lower.
-    A stage 1 that trained CE whatever --loss said (or dropped --loss-param) fails one of the two."""
+    """Same seed, so the same first batch and initial weights: focal with gamma = 2 scales every
+    sample's cross-entropy by (1 - p_y)^2, near (3/4)^2 for an untrained 4-class net, so its first
+    loss lies well below the CE run's. A stage 1 that trained CE whatever --loss said gives equal losses."""
     ce = first_step_loss(shards, tmp_path / "ce", "--loss", "ce")
-    focal_zero = first_step_loss(shards, tmp_path / "f0", "--loss", "focal", "--loss-param", "gamma=0")
-    focal_two = first_step_loss(shards, tmp_path / "f2", "--loss", "focal", "--loss-param", "gamma=2")
-    assert focal_zero == pytest.approx(ce, rel=1e-5)
-    # an untrained 4-class net has p_y near 1/4: (1 - p_y)^2 near 0.56
-    assert 0 < focal_two < 0.9 * ce
+    focal = first_step_loss(shards, tmp_path / "focal", "--loss", "focal", "--loss-param", "gamma=2")
+    assert 0 < focal < 0.9 * ce, (ce, focal)
