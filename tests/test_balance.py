@@ -132,3 +132,22 @@ def test_q_as_text_and_exact_instance():
         class_probs(np.array([1]), "x")
     with pytest.raises(ValueError, match="unknown sampler None"):
         class_probs(np.array([1]), None)
+
+
+def test_edges_of_q_and_of_the_counts():
+    counts = np.array([3, 1])
+    assert np.allclose(class_probs(counts, 0.0), [0.5, 0.5]) and np.allclose(class_probs(counts, 1.0), [0.75, 0.25])
+    assert class_probs(np.array([5]), "sqrt").tolist() == [1.0]  # one class
+    assert power_probs(np.array([1, 0]), 1.0).tolist() == [1.0, 0.0]  # a total of 1
+    assert np.allclose(class_probs(counts, "progressive"), [0.75, 0.25])  # default: epoch 0 of 1
+
+
+@pytest.mark.parametrize("counts, total", [(np.array([3, -1, 2]), "4.0"), (np.array([]), "0"), (np.array([0, 0]), "0.0")])
+def test_bad_counts_message_names_the_total(counts, total):
+    with pytest.raises(ValueError, match=f"and total {total}$"):
+        power_probs(counts, 0.5)
+
+
+def test_a_numeric_q_refuses_a_negative_epoch():
+    with pytest.raises(ValueError, match="^epoch must be >= 0, got -2$"):
+        class_probs(np.array([3, 1]), 0.25, epoch=-2)
