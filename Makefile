@@ -85,11 +85,12 @@ MUTATION_MODULES ?= lt_dist.metrics* lt_dist.losses* lt_dist.data.balance* lt_di
 	lt_dist.stage2.select* lt_dist.stage2.heads* lt_dist.stage2.methods* lt_dist.shards.format*
 MUTANTS ?= $(MUTATION_MODULES)
 mutation: setup
-	for module in $(MUTANTS); do \
+	@set -f; for module in $(MUTANTS); do \
+		echo "mutation testing $$module (mutmut, one process)"; \
 		OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 LT_SHARED=$(abspath $(LT_SHARED)) \
 			$(BIN)/mutmut run --max-children 1 "$$module" >/dev/null || exit 1; \
 	done
-	$(BIN)/python tests/mutation_scores.py $(MUTANTS)
+	$(BIN)/python tests/mutation_scores.py $(foreach m,$(MUTANTS),'$(m)')
 
 bench: EXTRAS = all
 bench: setup demo-data
