@@ -10,7 +10,9 @@ features (N, D) -> logits (N, C) float32:
     learned_tau  tau itself learned with class-balanced sampling (paper B.5), bias dropped
     cosine       s * cos(x, w_j), W and s trained like cRT (paper B.7)
 `params` may be partial: missing keys take DEFAULT_PARAMS[method]; every method also
-accepts "threads" (torch intra-op threads for the fit, restored after; default: as is).
+accepts "threads" (torch intra-op threads for the fit, restored after; default: as is)
+and "device" (where the trained methods fit: "cpu", "cuda", "cuda:N"; the closed-form
+ones are numpy and ignore it; predictors always come back as numpy on the CPU).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 
 from lt_dist.stage2.heads import (CosinePredictor, LinearPredictor, NCMPredictor, ncm_centroids, scale_rows,
                                   tau_normalize)
-from lt_dist.stage2.training import TrainConfig, torch_threads, train_head, uniform_init
+from lt_dist.stage2.training import TrainConfig, fit_device, torch_threads, train_head, uniform_init
 from lt_dist.stage2.types import FeatureSplit, Predictor, StageOneClassifier
 
 Method = Callable[[FeatureSplit, StageOneClassifier, dict, int], Predictor]
@@ -41,7 +43,7 @@ DEFAULT_PARAMS: dict[str, dict] = {
     # s starts at 16 (the official CosNorm classifier's fixed scale); decay on W only
     "cosine": {**_SGD, "epochs": 10, "weight_decay": 5e-4, "scale_init": 16.0},
 }
-COMMON_PARAMS = {"threads": None}  # accepted by every method
+COMMON_PARAMS = {"threads": None, "device": "cpu"}  # accepted by every method
 
 SEARCH_SPACE: dict[str, list[dict]] = {
     "joint": [{}],
@@ -71,7 +73,7 @@ def _train(params: dict, groups: list[dict], logits_fn, train: FeatureSplit, num
     config = TrainConfig(epochs=int(params["epochs"]), batch_size=int(params["batch_size"]),
                          lr=float(params["lr"]), momentum=float(params["momentum"]))
     with torch_threads(params["threads"]):
-        train_head(groups, logits_fn, train, num_classes, config, seed)
+        train_head(groups, logits_fn, train, num_classes, config, seed, device=fit_device(params["device"]))
 
 
 def fit_joint(train: FeatureSplit, classifier: StageOneClassifier, params: dict, seed: int) -> LinearPredictor:
@@ -97,12 +99,13 @@ def fit_crt(train: FeatureSplit, classifier: StageOneClassifier, params: dict, s
     """A fresh linear layer (nn.Linear's init, seeded) trained on class-balanced batches."""
     params = resolve_params("crt", params)
     num_classes, dim = classifier.weight.shape
-    generator = torch.Generator().manual_seed(seed)
-    weight = uniform_init((num_classes, dim), dim, generator).requires_grad_()
-    bias = uniform_init((num_classes,), dim, generator).requires_grad_()
+    generator, device = torch.Generator().manual_seed(seed), fit_device(params["device"])
+    # drawn on the CPU from the seeded generator: the same start on every device
+    weight = uniform_init((num_classes, dim), dim, generator).to(device).requires_grad_()
+    bias = uniform_init((num_classes,), dim, generator).to(device).requires_grad_()
     groups = [{"params": [weight, bias], "weight_decay": float(params["weight_decay"])}]
     _train(params, groups, lambda x: x @ weight.T + bias, train, num_classes, seed)
-    return LinearPredictor(weight.detach().numpy(), bias.detach().numpy())
+    return LinearPredictor(weight.detach().cpu().numpy(), bias.detach().cpu().numpy())
 
 
 def fit_lws(train: FeatureSplit, classifier: StageOneClassifier, params: dict, seed: int) -> LinearPredictor:
@@ -111,11 +114,14 @@ def fit_lws(train: FeatureSplit, classifier: StageOneClassifier, params: dict, s
     f_j (w_j . x + b_j) = (f_j w_j) . x + f_j b_j, so the predictor is a plain linear one.
     """
     params = resolve_params("lws", params)
-    weight, bias = torch.from_numpy(classifier.weight.copy()), torch.from_numpy(classifier.bias.copy())
-    scales = torch.ones(classifier.num_classes, requires_grad=True)
+    device = fit_device(params["device"])
+    # copy(): the stored classifier may be a read-only memory map, which torch will not wrap
+    weight = torch.from_numpy(classifier.weight.copy()).to(device)
+    bias = torch.from_numpy(classifier.bias.copy()).to(device)
+    scales = torch.ones(classifier.num_classes, device=device, requires_grad=True)
     groups = [{"params": [scales], "weight_decay": float(params["weight_decay"])}]
     _train(params, groups, lambda x: (x @ weight.T + bias) * scales, train, classifier.num_classes, seed)
-    learned = scales.detach().numpy().copy()
+    learned = scales.detach().cpu().numpy().copy()
     return LinearPredictor(classifier.weight * learned[:, None], classifier.bias * learned, scales=learned)
 
 
@@ -126,8 +132,9 @@ def fit_learned_tau(train: FeatureSplit, classifier: StageOneClassifier, params:
     tau is left unconstrained while learning (a negative value is reported, not clipped).
     """
     params = resolve_params("learned_tau", params)
-    weight = torch.from_numpy(classifier.weight.copy())
-    tau = torch.tensor(float(params["tau_init"]), requires_grad=True)
+    device = fit_device(params["device"])
+    weight = torch.from_numpy(classifier.weight.copy()).to(device)
+    tau = torch.tensor(float(params["tau_init"]), device=device, requires_grad=True)
     groups = [{"params": [tau], "weight_decay": float(params["weight_decay"])}]
     _train(params, groups, lambda x: x @ scale_rows(weight, tau).T, train, classifier.num_classes, seed)
     learned = float(tau.detach())
@@ -138,8 +145,9 @@ def fit_cosine(train: FeatureSplit, classifier: StageOneClassifier, params: dict
     """s * cos(x, w_j) with W re-initialised and s (start scale_init) learned; `.weight`, `.scale`."""
     params = resolve_params("cosine", params)
     num_classes, dim = classifier.weight.shape
-    weight = uniform_init((num_classes, dim), dim, torch.Generator().manual_seed(seed)).requires_grad_()
-    scale = torch.tensor(float(params["scale_init"]), requires_grad=True)
+    device = fit_device(params["device"])
+    weight = uniform_init((num_classes, dim), dim, torch.Generator().manual_seed(seed)).to(device).requires_grad_()
+    scale = torch.tensor(float(params["scale_init"]), device=device, requires_grad=True)
     groups = [{"params": [weight], "weight_decay": float(params["weight_decay"])},
               {"params": [scale], "weight_decay": 0.0}]  # decaying s would only shrink the logits
 
@@ -147,7 +155,7 @@ def fit_cosine(train: FeatureSplit, classifier: StageOneClassifier, params: dict
         return scale * F.normalize(x, dim=1) @ F.normalize(weight, dim=1).T
 
     _train(params, groups, logits_fn, train, num_classes, seed)
-    return CosinePredictor(weight.detach().numpy(), float(scale.detach()))
+    return CosinePredictor(weight.detach().cpu().numpy(), float(scale.detach()))
 
 
 # The name table: every method has the signature of Method.
