@@ -31,10 +31,13 @@ class TrainConfig:
     decoder: str = "dali"  # "dali" | "torchvision"
     workers: int = 2  # DataLoader workers per rank
     ckpt_every: int = 0  # also checkpoint every this many optimizer steps (0: per epoch only)
+    ckpt_minutes: float = 30.0  # also checkpoint when this much wall time passed since the last one (0: never)
     keep_checkpoints: int = 2  # newest checkpoints kept (the best model is kept apart)
     log_every: int = 20  # optimizer steps between log lines
+    progress: bool = True  # main rank: a bar on a terminal, a line every 30 s otherwise
     resume: bool = False  # continue from the newest checkpoint in out/checkpoints
     eval_batch_size: int = 256  # per rank, for val/test
+    grace_seconds: float = 60.0  # after SIGTERM/SIGINT: checkpoint and exit within this, else exit 143
 
 
 # Upper bounds of user-given sizes: beyond them a value is a typo, and honouring it would
@@ -63,6 +66,10 @@ def validate(config: TrainConfig) -> None:
     for name, value in config.loss_params.items():
         if not isinstance(value, (bool, int, float)) or value != value or value in (float("inf"), float("-inf")):
             raise ValueError(f"loss parameter {name}={value!r} must be a finite number or true/false")
+    if not 0 <= config.ckpt_minutes <= 10080:  # NaN fails this too
+        raise ValueError(f"ckpt_minutes must be in [0, 10080], got {config.ckpt_minutes}")
+    if not 0 < config.grace_seconds <= 86400:
+        raise ValueError(f"grace_seconds must be in (0, 86400], got {config.grace_seconds}")
 
 
 def to_dict(config: TrainConfig) -> dict:

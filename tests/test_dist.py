@@ -37,3 +37,21 @@ def test_without_a_group_it_does_nothing():
     with process_group_closed_at_exit():
         pass
     assert not dist.is_initialized()
+
+
+@pytest.mark.parametrize("environ, node", [
+    ({"RANK": "3", "WORLD_SIZE": "4", "GROUP_RANK": "1", "GROUP_WORLD_SIZE": "2"}, (1, 2)),  # torchrun
+    ({"RANK": "3", "WORLD_SIZE": "4", "CROSS_RANK": "1", "CROSS_SIZE": "2"}, (1, 2)),  # deepspeed's launcher
+    ({"RANK": "5", "WORLD_SIZE": "6", "LOCAL_WORLD_SIZE": "2"}, (2, 3)),  # only the ranks per node known
+    ({"RANK": "1", "WORLD_SIZE": "2"}, (0, 1)),  # nothing said: one node
+])
+def test_node_rank_and_count_from_each_launchers_variables(environ, node):
+    world = World.from_env(environ)
+    assert (world.node_rank, world.num_nodes) == node
+
+
+def test_a_node_outside_the_world_is_refused():
+    with pytest.raises(ValueError, match="node 2 of 2 does not fit"):
+        World(0, 4, 0, node_rank=2, num_nodes=2)
+    with pytest.raises(ValueError, match="node 0 of 5 does not fit a world of size 4"):
+        World.from_env({"WORLD_SIZE": "4", "CROSS_SIZE": "5"})

@@ -122,3 +122,25 @@ def test_features_record_their_checkpoint_and_refuse_another(run_and_data, singl
     assert status == 0
     assert set(json.loads((folder / "features.json").read_text())["splits"]) == {"train", "val"}
     load_features(str(folder))  # provenance agrees
+
+
+def test_ctrl_c_leaves_no_half_written_features_and_a_rerun_finishes(run_and_data, tmp_path):
+    import signal
+
+    root, _ = run_and_data
+    out = tmp_path / "f"
+    command = [sys.executable, "-m", "lt_dist.cli", "extract", "--ckpt", str(root / "run"), "--data",
+               str(root / "ds"), "--out", str(out), "--decoder", "torchvision", "--batch-size", "4"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    child = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = child.stdout.readline()  # the chosen --workers, said before the model and data load
+    assert first.startswith("workers: "), first
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=300)
+    assert child.returncode == 130, err[-3000:]
+    assert err.strip() == ("lt_dist extract: interrupted; finished work is kept, run the same command again to "
+                           "carry on"), err[-3000:]
+    assert not (out / "features.json").exists() and not list(out.glob("*tmp-*")) and not list(out.glob(".*tmp-*"))
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert set(load_features(str(out))[0]) == {"train", "val"}

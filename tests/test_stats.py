@@ -40,3 +40,25 @@ def test_stats_cli_names_a_bad_counts_file(tmp_path, capsys):
     bad.write_text("{not json")
     status, _, err = run_cli(["stats", "--counts", bad], capsys)
     assert status == 2 and "counts.json" in err
+
+
+def test_val_and_test_are_grouped_by_the_training_counts(tmp_path, capsys):
+    from conftest import make_image_folder
+
+    train = make_image_folder(tmp_path / "images", [150, 30, 8], size=(8, 8))
+    assert run_cli(["pack", train, "--out", tmp_path / "ds", "--val-per-class", "4", "--no-progress"], capsys)[0] == 0
+    status, out, _ = run_cli(["stats", tmp_path / "ds", "--json"], capsys)
+    numbers = json.loads(out)
+    # train keeps 146/26/4: many/medium/few by its own counts; val's 4 per class take train's groups
+    assert [numbers["train"][f"{g}_classes"] for g in ("many", "medium", "few")] == [1, 1, 1]
+    assert [numbers["val"][f"{g}_classes"] for g in ("many", "medium", "few")] == [1, 1, 1]
+    assert numbers["val"]["grouped_by"] == "train" and numbers["train"]["grouped_by"] == "self"
+    status, out, _ = run_cli(["stats", tmp_path / "ds"], capsys)
+    assert "val: 3 classes, 12 images" in out and "groups by the training counts" in out
+
+
+def test_a_balanced_list_alone_has_no_shot_groups(tmp_path, capsys):
+    counts = tmp_path / "val_counts.json"
+    counts.write_text(json.dumps([20, 20, 20]))
+    status, out, _ = run_cli(["stats", "--counts", counts], capsys)
+    assert status == 0 and "no shot groups without the training counts" in out and "many (" not in out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import socket
@@ -27,6 +28,8 @@ DEFAULT_METHODS = "joint,ncm,crt,tau_norm,lws,learned_tau,cosine"
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = OneLineArgumentParser(prog="search_stage2", description=__doc__, add_help=add_help,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE", help="settings from a YAML/JSON file (keys: flag names, "
+                        "lists for --methods/--taus, a mapping for --set); flags override")
     parser.add_argument("--features", required=True, help="features/NAME written by `lt_dist extract`")
     parser.add_argument("--out", help="results folder (default: results/<NAME of --features>)")
     parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated (default: %(default)s)")
@@ -43,7 +46,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs each trial holds (default: 1)")
     parser.add_argument("--gpus-per-trial", type=float, default=0, help="GPUs each trial holds (default: 0)")
     parser.add_argument("--max-failures", type=int, default=2, help="retries of a crashed trial (default: 2)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted search in OUT/ray")
+    parser.add_argument("--storage", help="Ray Tune's storage_path: a folder every node sees, or a bucket URL "
+                        "(s3://, gs://); a multi-node cluster needs one of these (default: OUT/ray)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted search in the storage "
+                        "(Ctrl-C keeps finished trials there and exits 130)")
+    parser.add_argument("--no-progress", action="store_true", help="no line per finished trial")
+    parser.add_argument("--verbose", action="store_true", help="Ray's own start-up messages and trial tables")
     return parser
 
 
@@ -211,8 +219,50 @@ def _trial(config: dict) -> None:
     from lt_dist.stage2.search import run_trial
 
     torch.set_num_threads(max(1, int(config["cpus"])))
+    import ray
+
     trial = config["trial"]
-    tune.report(run_trial(config["features"], trial["method"], trial["params"], config["seed"], config["select_on"]))
+    metrics = run_trial(config["features"], trial["method"], trial["params"], config["seed"], config["select_on"])
+    # Ray adds hostname and node_ip to every row; two raylets on one host share both, the node id tells them apart
+    tune.report({**metrics, "ray_node_id": ray.get_runtime_context().get_node_id()})
+
+
+def storage_path(storage: str | None, out: str) -> str:
+    """Where Ray Tune keeps the experiment: a URL as given, a path made absolute (default OUT/ray)."""
+    if storage is None:
+        return os.path.join(out, "ray")
+    if "://" in storage:
+        return storage  # s3://, gs://, file://: pyarrow's file systems, resolved by Ray on every node
+    return os.path.abspath(storage)
+
+
+def trial_lines(total: int, quiet: bool):
+    """A Ray Tune callback printing one line per finished trial (Ray's own tables stay off: verbose=0)."""
+    from ray import tune
+
+    class TrialLines(tune.Callback):
+        finished = 0
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.finished += 1
+            result, chosen = trial.last_result or {}, (trial.config or {}).get("trial", {})
+            if quiet or "val_all" not in result:
+                return
+            print(f"trial {self.finished}/{total}: {chosen.get('method')} {json.dumps(chosen.get('params'))} "
+                  f"val all {result['val_all']:.2f} few {result['val_few']:.2f} ({result['seconds']:.1f} s)",
+                  flush=True)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            chosen = (trial.config or {}).get("trial", {})
+            print(f"trial errored, retrying: {chosen.get('method')} {json.dumps(chosen.get('params'))}",
+                  file=sys.stderr, flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            chosen = (trial.config or {}).get("trial", {})
+            print(f"trial errored after --max-failures retries: {chosen.get('method')} "
+                  f"{json.dumps(chosen.get('params'))}", file=sys.stderr, flush=True)
+
+    return TrialLines()
 
 
 def run_search(args, trials: list[dict], out: str) -> list[dict]:
@@ -223,43 +273,90 @@ def run_search(args, trials: list[dict], out: str) -> list[dict]:
     if args.address:
         check_address(args.address)
         try:
-            ray.init(address=args.address, log_to_driver=False)
+            ray.init(address=args.address, log_to_driver=False,
+                     logging_level=logging.INFO if args.verbose else logging.ERROR)
         except ConnectionError as error:
             raise UserInputError(f"cannot join Ray at {args.address!r}: {error}") from None
     else:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.INFO if args.verbose else logging.ERROR)
+    if not args.verbose:  # Tune's "wrote result files" and start-up notes; the trial lines say what matters
+        logging.getLogger("ray").setLevel(logging.ERROR)
     try:
         check_cluster(args.cpus_per_trial, args.gpus_per_trial, ray.cluster_resources())
     except UserInputError:
         ray.shutdown()
         raise
     trainable = tune.with_resources(_trial, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
-    storage, name = os.path.join(out, "ray"), "stage2"
-    experiment = os.path.join(storage, name)
+    storage, name = storage_path(args.storage, out), "stage2"
+    experiment = f"{storage.rstrip('/')}/{name}"
     if args.resume and tune.Tuner.can_restore(experiment):
+        print(f"resuming the search in {experiment}: finished trials are kept, the others run", flush=True)
         tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
     else:
         space = {"trial": tune.grid_search(trials), "features": os.path.abspath(args.features),
                  "seed": args.seed, "select_on": args.select_on, "cpus": args.cpus_per_trial}
         tuner = tune.Tuner(trainable, param_space=space, tune_config=tune.TuneConfig(reuse_actors=True),
-                           run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1,
+                           run_config=tune.RunConfig(name=name, storage_path=storage, verbose=2 if args.verbose else 0,
+                                                     callbacks=[trial_lines(len(trials), args.no_progress)],
                                                      failure_config=tune.FailureConfig(max_failures=args.max_failures)))
-    grid = tuner.fit()
+    try:
+        grid = tuner.fit()  # Ctrl-C: KeyboardInterrupt from here (Ray's own handler is off, see main)
+    finally:
+        _shutdown_quietly(started_here=not args.address)
     failed = [result for result in grid if result.error is not None]
     for result in failed:
         print(f"trial failed after retries: {result.config.get('trial')}: {result.error}", file=sys.stderr)
-    ray.shutdown()
     return [dict(result.metrics) for result in grid if result.error is None and "selection_score" in result.metrics]
 
 
+def _shutdown_quietly(started_here: bool) -> None:
+    """Stop the local Ray (or leave the cluster); a Ctrl-C during it changes nothing.
+
+    A Ray this script started leaves its session folder (logs, sockets) under the
+    system temp dir, one per search: it is removed here (the results live in --storage).
+    """
+    import shutil
+
+    import ray
+
+    session = None
+    if started_here:
+        try:  # private but stable since Ray 1.x; without it the folder just stays
+            session = ray._private.worker._global_node.get_session_dir_path()
+        except AttributeError:
+            session = None
+    try:
+        ray.shutdown()
+    except KeyboardInterrupt:
+        pass
+    if session and os.path.basename(session).startswith("session_"):
+        shutil.rmtree(session, ignore_errors=True)
+        latest = os.path.join(os.path.dirname(session), "session_latest")
+        if os.path.islink(latest) and os.path.realpath(latest) == os.path.realpath(session):
+            os.remove(latest)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
+    from lt_dist.config_file import parse_with_config
+
+    args = parse_with_config(get_args_parser(), argv)
+    # Ray Tune's own Ctrl-C handler prints its restore hint and hands back a partial grid;
+    # lt-dist's is one line naming --resume, with trials.parquet written whole or not at all.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    if not args.verbose:  # the legacy reporter honours verbose=0; the new one prints its boxes regardless
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     try:
         require("ray", "tune/search_stage2.py")
         trials, out = prepare(args)
         os.makedirs(out, exist_ok=True)
         pin_features(out, args.features, args.resume)
-        results = run_search(args, trials, out)
+        try:
+            results = run_search(args, trials, out)
+        except KeyboardInterrupt:  # Ray was shut down on the way out of run_search
+            print(f"search_stage2: interrupted; finished trials are kept in {storage_path(args.storage, out)}; "
+                  f"the same command with --resume continues", file=sys.stderr, flush=True)
+            return 130
         if not results:
             raise UserInputError("every trial failed; see the errors above")
         from lt_dist.report.results import write_results

@@ -110,7 +110,9 @@ def _add_extract(subparsers) -> None:
                         help="image decoder (default: dali where it is installed, else torchvision; both "
                         "decode on the GPU when CUDA is there)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch per process")
-    parser.add_argument("--workers", type=int, default=2, help="loader processes per rank")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="loader processes per rank (None: 0 for dali, for torchvision the CPUs per rank "
+                        "less one, at most 8; logged)")
     add_storage_flags(parser)
     parser.set_defaults(run=run_extract)
 
@@ -119,7 +121,10 @@ def run_extract(args) -> int:
     import os
 
     from lt_dist.config import check_int
+    from lt_dist.optional import require
 
+    if args.decoder == "dali":  # a missing package first: no other message would help
+        require("nvidia.dali", "--decoder dali")
     export_storage_flags(args)
     if is_url(args.data):  # a URL cannot be listed like a folder: find_splits tries train/val/test
         from lt_dist.shards.manifest import find_splits
@@ -129,11 +134,18 @@ def run_extract(args) -> int:
         splits = args.splits or [s for s in ("train", "val", "test") if os.path.isdir(os.path.join(args.data, s))]
     try:  # bounded before anything is allocated in proportion to them
         check_int("--batch-size", args.batch_size, 1, 65_536)
-        check_int("--workers", args.workers, 0, 64)
+        if args.workers is not None:
+            check_int("--workers", args.workers, 0, 64)
     except ValueError as error:
         raise UserInputError(str(error)) from None
     if not splits:
         raise UserInputError(f"--data {args.data!r} has no train, val or test split")
+    if args.workers is None:
+        from lt_dist.choices import default_workers
+
+        args.workers, why = default_workers(args.decoder, ranks_on_node=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        if os.environ.get("RANK", "0") == "0":
+            print(f"workers: {args.workers} loader processes per rank ({why}; --workers sets it)", flush=True)
     from lt_dist.engine.extract import extract  # torch and the loaders: after the cheap checks
 
     extract(args.ckpt, args.data, splits, args.out, args.decoder, args.batch_size, args.workers)

@@ -160,10 +160,10 @@ def run_pack(args) -> int:
 
 
 def run_stats(args) -> int:
-    from lt_dist.shards.stats import count_stats, format_stats, load_counts
+    from lt_dist.shards.stats import format_stats, load_counts, stats_by_split
 
     counts_by_name = load_counts(args.path, args.counts)
-    numbers = {name: count_stats(counts) for name, counts in counts_by_name.items()}
+    numbers = stats_by_split(counts_by_name)
     if args.json:
         print(json.dumps(numbers, indent=1))
     else:

@@ -13,7 +13,9 @@ Sample order is exact on resume for every decoder. Augmentation is exact too wit
 "torchvision" (seeded per batch by (seed, epoch, rank, batch)); DALI's generator
 is seeded per epoch and per resume point, so its crops after a resume differ.
 BalancedLoader counts the batches it hands out; state_dict() / load_state_dict()
-make a mid-epoch resume yield exactly what an uninterrupted run would have next.
+make a mid-epoch resume yield exactly what an uninterrupted run would have next; on
+another world size (or batch size) the rest of the interrupted epoch is re-split
+over the new ranks (data/elastic.py) and later epochs are drawn for the new world.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from lt_dist.data.elastic import ResplitSampler, Share
 from lt_dist.data.presets import Preset
 from lt_dist.data.reader import ShardReader
 from lt_dist.data.sampler import BalancedSampler, SamplerConfig, SequentialSampler
@@ -111,11 +114,16 @@ class BalancedLoader:
                 samples_per_class = ShardReader(config.split_dir, 1).samples_per_class
             sampler = BalancedSampler(samples_per_class, config.sampler, world, config.batch_size)
         self.sampler = sampler
+        self.resplit: ResplitSampler | None = None  # the rest of an epoch begun by another world
         self.epoch, self.batches_done = 0, 0
 
+    def _epoch_sampler(self):
+        """The sampler of the current epoch: the re-split one for an epoch begun by another world."""
+        return self.resplit if self.resplit is not None and self.resplit.epoch == self.epoch else self.sampler
+
     def __len__(self) -> int:
-        """Batches per epoch on this rank."""
-        return self.sampler.num_batches
+        """Batches of the current epoch on this rank."""
+        return self._epoch_sampler().num_batches
 
     def set_epoch(self, epoch: int) -> None:
         """Start `epoch` from its first batch at the next iteration."""
@@ -125,7 +133,7 @@ class BalancedLoader:
     def __iter__(self):
         """Yield the rest of the current epoch: (images, labels); with decoder "bytes"
         (list of encoded bytes, labels), with "none" (manifest rows, labels)."""
-        stream = RowStream(self.config, self.sampler, self.epoch, self.batches_done,
+        stream = RowStream(self.config, self._epoch_sampler(), self.epoch, self.batches_done,
                            decode_in_workers=self.decode_device is None)
         workers = self.config.num_workers
         batches = torch.utils.data.DataLoader(
@@ -165,19 +173,36 @@ class BalancedLoader:
             yield images, batch["labels"].to(self.decode_device, non_blocking=True)
 
     def state_dict(self) -> dict:
-        """Where the loader stands: enough to resume mid-epoch on the same world size."""
+        """Where the loader stands: enough to resume mid-epoch, on this or another world size."""
+        sampler = self._epoch_sampler()
+        resplit = sampler is self.resplit
         return {"epoch": self.epoch, "batches_done": self.batches_done, "world_size": self.world.world_size,
-                "batch_size": self.config.batch_size, "sampler": asdict(self.config.sampler)}
+                "batch_size": self.config.batch_size, "sampler": asdict(self.config.sampler),
+                # the epoch's draws are fixed by the world that began it; shares: earlier worlds' progress
+                "epoch_draws": sampler.total if resplit else getattr(sampler, "epoch_draws", None),
+                "shares": [share.to_dict() for share in sampler.shares] if resplit else []}
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume: the next iteration continues `state`'s epoch after its last batch."""
-        expected = {"world_size": self.world.world_size, "batch_size": self.config.batch_size,
-                    "sampler": asdict(self.config.sampler)}
-        for key, value in expected.items():
-            if state.get(key) != value:
-                raise ValueError(f"cannot resume: the saved loader has {key}={state.get(key)!r}, "
-                                 f"this one has {value!r}")
-        self.epoch, self.batches_done = int(state["epoch"]), int(state["batches_done"])
+        """Resume: the next iteration continues `state`'s epoch after its last batch.
+
+        Saved on another world size or batch size (or inside an epoch that was already
+        re-split), the undelivered rest of the epoch is dealt over this world's ranks.
+        """
+        if state.get("sampler") != asdict(self.config.sampler):
+            raise ValueError(f"cannot resume: the saved loader has sampler={state.get('sampler')!r}, "
+                             f"this one has {asdict(self.config.sampler)!r}")
+        self.epoch, self.batches_done, self.resplit = int(state["epoch"]), int(state["batches_done"]), None
+        shares = [Share(**share) for share in state.get("shares", [])]
+        same_world = (state.get("world_size"), state.get("batch_size")) == (self.world.world_size,
+                                                                           self.config.batch_size)
+        if (same_world and not shares) or self.batches_done == 0 and not shares:
+            return  # the plain case, or an epoch nobody started: draw it for this world
+        if state.get("epoch_draws") is None:
+            raise ValueError("cannot resume on another world size: the checkpoint predates elastic resume "
+                             f"(saved on {state.get('world_size')} ranks; resume on that many)")
+        shares.append(Share(int(state["world_size"]), int(state["batch_size"]), self.batches_done))
+        self.resplit = ResplitSampler(self.sampler, self.epoch, int(state["epoch_draws"]), shares)
+        self.batches_done = 0
 
 
 def _identity(batch):

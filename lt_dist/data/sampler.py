@@ -144,19 +144,31 @@ class BalancedSampler:
 
     def rank_rows(self, epoch: int) -> np.ndarray:
         """(per_rank,) int64 manifest rows this rank reads in `epoch`, in order."""
-        total = self.per_rank * self.world.world_size
-        labels = draw_classes(self.samples_per_class, self.config, epoch, total)
         start = self.world.rank * self.per_rank
-        stop = start + self.per_rank
+        return self.rows_at(epoch, np.arange(start, start + self.per_rank), self.epoch_draws)
+
+    @property
+    def epoch_draws(self) -> int:
+        """Draw positions of an epoch this world starts: per_rank * world_size."""
+        return self.per_rank * self.world.world_size
+
+    def rows_at(self, epoch: int, positions: np.ndarray, total: int) -> np.ndarray:
+        """Manifest rows at draw positions of an epoch of `total` draws (fixed by the world that began it).
+
+        Returns:
+            (len(positions),) int64 rows; the same for a position whatever rank asks.
+        """
+        labels = draw_classes(self.samples_per_class, self.config, epoch, total)
+        positions = np.asarray(positions, dtype=np.int64)
         if is_exact_instance(self.config.strategy):
             # padding repeats the epoch's first samples: count occurrences modulo one pass
-            positions = np.arange(start, stop) % self.epoch_size
+            positions = positions % self.epoch_size
             base = labels[: self.epoch_size]
             occurrences = occurrence_index(base, 0, self.epoch_size, len(self.samples_per_class))[positions]
             block = base[positions]
         else:
-            occurrences = occurrence_index(labels, start, stop, len(self.samples_per_class))
-            block = labels[start:stop]
+            occurrences = occurrence_index(labels, 0, total, len(self.samples_per_class))[positions]
+            block = labels[positions]
         return self._rows(epoch, block, occurrences, labels)
 
     def _rows(self, epoch: int, block: np.ndarray, occurrences: np.ndarray, labels: np.ndarray) -> np.ndarray:

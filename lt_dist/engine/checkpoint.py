@@ -13,6 +13,7 @@ it (with a log line) and takes the newest tag that verifies.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -183,3 +184,24 @@ def check_resume_compatible(run_dir: str, arch: str, num_classes: int, small_inp
         if old != new:
             raise UserInputError(f"--resume: the checkpoint in {run_dir!r} was trained with {name}={old!r}, "
                                  f"this run has {name}={new!r}")
+
+
+def check_resume_world(run_dir: str, world_size: int) -> None:
+    """Refuse a resume whose newest ZeRO checkpoint was partitioned over another number of ranks.
+
+    Without ZeRO (stage 0) every rank's optimizer state is whole and the loader re-splits
+    the interrupted epoch, so any world size resumes. With ZeRO the optimizer state is split
+    per rank, and DeepSpeed's legacy loader refuses another split; its universal checkpoint
+    (ds_to_universal) converts only Adam's state (exp_avg, exp_avg_sq), not SGD's momentum.
+    """
+    folder = os.path.join(run_dir, "checkpoints")
+    latest = os.path.join(folder, "latest")
+    if not os.path.isfile(latest):
+        return  # nothing to resume: the resume itself reports that
+    with open(latest, encoding="utf-8") as handle:
+        tag = handle.read().strip()
+    saved = len(glob.glob(os.path.join(folder, tag, "*zero_pp_rank_*_optim_states.pt")))
+    if saved and saved != world_size:
+        raise UserInputError(f"--resume: checkpoint {tag} holds ZeRO optimizer state split over {saved} ranks, "
+                             f"this run has {world_size}: resume on {saved} ranks (train_batch_size is kept, the "
+                             f"micro-batch follows), or use zero_optimization stage 0 to resume on any world size")

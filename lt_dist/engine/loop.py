@@ -7,9 +7,8 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
-
 from lt_dist.metrics import group_accuracy
+from lt_dist.progress import Progress
 
 
 def train_one_epoch(engine, loader, loss_fn, *, epoch: int, num_epochs: int, log_every: int,
@@ -27,9 +26,10 @@ def train_one_epoch(engine, loader, loss_fn, *, epoch: int, num_epochs: int, log
     loss_fn.set_epoch(epoch, num_epochs)
     dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
     remaining = len(loader) - loader.batches_done
-    # disable=None: a bar on a terminal, none in a log file
-    bar = tqdm(total=remaining, desc=f"epoch {epoch}", unit="batch", disable=None if show_progress else True,
-               leave=False)
+    # a bar on a terminal, a line every 30 s in a log file; the run's ETA counts the epochs still to come
+    later_batches = (num_epochs - epoch - 1) * len(loader)
+    bar = Progress(remaining, f"epoch {epoch}/{num_epochs}", enabled=show_progress,
+                   extra_left_s=lambda per_batch: per_batch * later_batches)
     started = window_start = time.perf_counter()
     wait = window_wait = 0.0
     images_seen = window_images = 0
@@ -58,9 +58,12 @@ def train_one_epoch(engine, loader, loss_fn, *, epoch: int, num_epochs: int, log
         if engine.global_steps % log_every == 0:
             now = time.perf_counter()
             # .item() syncs with the device: only on log steps
-            on_log({"epoch": epoch, "loss": loss.item(), "lr": float(engine.get_lr()[0]),
-                    "images_per_s": window_images * dist.get_world_size() / (now - window_start),
-                    "data_wait": window_wait / (now - window_start)})
+            values = {"epoch": epoch, "loss": loss.item(), "lr": float(engine.get_lr()[0]),
+                      "images_per_s": window_images * dist.get_world_size() / (now - window_start),
+                      "data_wait": window_wait / (now - window_start)}
+            on_log(values)
+            bar.update(0, loss=round(values["loss"], 4), lr=values["lr"], **{
+                "img/s": int(values["images_per_s"]), "data wait": f"{values['data_wait']:.0%}"})
             window_start, window_wait, window_images = now, 0.0, 0
     bar.close()
     elapsed = time.perf_counter() - started

@@ -18,11 +18,13 @@ from lt_dist.data.balance import resolve_strategy
 from lt_dist.data.loader import BalancedLoader, LoaderConfig
 from lt_dist.data.presets import get_preset
 from lt_dist.data.sampler import SamplerConfig, SequentialSampler
-from lt_dist.dist import World, process_group_closed_at_exit
+from lt_dist.dist import World, gather_placements, process_group_closed_at_exit
 from lt_dist.engine import checkpoint as ckpt
 from lt_dist.engine import ds
+from lt_dist.engine.ckpt_clock import CheckpointClock
 from lt_dist.engine.logs import RunLogger
 from lt_dist.engine.loop import evaluate, train_one_epoch
+from lt_dist.engine.preempt import Preempted, PreemptionWatch
 from lt_dist.engine.reports import append_per_class, write_test_results
 from lt_dist.errors import UserInputError
 from lt_dist.losses import LOSSES, build_loss
@@ -68,6 +70,7 @@ def check_inputs(config: TrainConfig, ds_config_path: str, world: World) -> tupl
         ckpt.check_resume_compatible(config.out, config.arch, len(counts), config.small_input,
                                      {key: getattr(config, key) for key in ("epochs", "seed", "sampler",
                                                                             "sampler_draw")})
+        ckpt.check_resume_world(config.out, world.world_size)
         facts["resume_tag"] = ckpt.choose_resume_tag(ckpt_dir, say)  # every rank: the same files, the same tag
     else:
         held = [name for name in ("config.json", ckpt.BEST_MODEL, "log.jsonl", "checkpoints")
@@ -100,15 +103,25 @@ def build_loaders(config: TrainConfig, facts: dict, world: World, micro_batch: i
 
 
 def run_stage1(config: TrainConfig, ds_config_path: str) -> dict:
-    """Train, validate and test; returns the test metrics (val metrics when there is no test split)."""
+    """Train, validate and test; returns the test metrics (val metrics when there is no test split).
+
+    After SIGTERM/SIGINT it returns {"preempted": tag, "step": global step} instead, once
+    every rank has written checkpoint `tag` (see engine/preempt.py).
+    """
     world = World.from_env()  # launchers set RANK/WORLD_SIZE before the process group exists
     ds_config, facts = check_inputs(config, ds_config_path, world)
-    ds.init_distributed()
-    with process_group_closed_at_exit():
-        return _train_and_test(config, ds_config, facts, world)
+    # Handlers first: a signal during start-up is honoured at the first step.
+    with PreemptionWatch(config.grace_seconds) as watch:
+        ds.init_distributed()
+        with process_group_closed_at_exit():
+            try:
+                return _train_and_test(config, ds_config, facts, world, watch)
+            except Preempted as stop:  # every rank raised it at the same step: a clean exit
+                return {"preempted": stop.tag, "step": stop.step, "signal": watch.received_name}
 
 
-def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: World) -> dict:
+def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: World,
+                    watch: PreemptionWatch) -> dict:
     """The body of run_stage1 inside the process group: train, checkpoint, validate, test."""
     say = print if world.is_main else (lambda *a, **k: None)
     micro, gas = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
@@ -128,28 +141,41 @@ def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: Wo
         best = client["best"]
         say(f"resumed from {ckpt_dir}/{facts['resume_tag']} at epoch {train_loader.epoch}, batch {train_loader.batches_done}")
     logger = RunLogger(config.out, world.is_main)
+    placements = gather_placements(world)  # collective: every rank takes part
     if world.is_main:
         dump(config, os.path.join(config.out, "config.json"),
-             {"deepspeed": ds_config, "world_size": world.world_size, "num_classes": num_classes,
+             {"deepspeed": ds_config, "world_size": world.world_size, "num_nodes": world.num_nodes,
+              "ranks": placements, "num_classes": num_classes,
               "class_names": facts["class_names"], "train_counts": counts.tolist()})
 
-    def save(end_of_epoch: bool) -> None:
+    clock = CheckpointClock(config.ckpt_minutes)
+
+    def save(end_of_epoch: bool) -> str:
         epoch = train_loader.epoch - (1 if end_of_epoch else 0)
         tag = ckpt.checkpoint_tag(engine.global_steps, epoch, end_of_epoch)
+        clock.restart()
         ds.save_checkpoint(engine, ckpt_dir, tag, {
             "epoch": epoch, "global_step": engine.global_steps, "loader": train_loader.state_dict(),
             "best": best, "config": to_dict(config), "ds_config": ds_config})
         if world.is_main:  # save_checkpoint returns after every rank finished writing
             ckpt.prune_checkpoints(ckpt_dir, config.keep_checkpoints)
+        return tag
 
     def on_step() -> None:
-        if config.ckpt_every and engine.global_steps % config.ckpt_every == 0:
-            save(end_of_epoch=False)
+        scheduled = bool(config.ckpt_every) and engine.global_steps % config.ckpt_every == 0
+        scheduled = clock.due(engine.global_steps, engine.device) or scheduled  # collective: call on every rank
+        stop = watch.agreed(engine.device)  # collective, every step: all ranks stop at the same one
+        if scheduled or stop:
+            tag = save(end_of_epoch=False)
+            if stop:
+                logger.log("preempted", engine.global_steps, tag=tag)  # this step has no "train" line
+                logger.close()  # the entry point prints the one line saying how to resume
+                raise Preempted(tag, engine.global_steps)
 
     for epoch in range(train_loader.epoch, config.epochs):
         train_loader.set_epoch(epoch)
         summary = train_one_epoch(engine, train_loader, loss_fn, epoch=epoch, num_epochs=config.epochs,
-                                  log_every=config.log_every, show_progress=world.is_main, on_step=on_step,
+                                  log_every=config.log_every, show_progress=world.is_main and config.progress, on_step=on_step,
                                   on_log=lambda values: logger.log("train", engine.global_steps, **values))
         metrics = evaluate(engine.module, val_loader, num_classes, counts, engine.device)
         scores = {key: metrics[key] for key in ("all", "many", "medium", "few")}
@@ -167,8 +193,13 @@ def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: Wo
                     "epoch": epoch, "val": scores, "train_counts": counts.tolist(),
                     "class_names": facts["class_names"], "eval_preset": config.eval_preset,
                     "image_size": config.image_size})
-        save(end_of_epoch=True)
+        tag = save(end_of_epoch=True)
+        if watch.agreed(engine.device):  # signalled during validation: the epoch's checkpoint is the stop
+            logger.close()
+            raise Preempted(tag, engine.global_steps)
     result = _final_test(config, engine, test_loader or val_loader, num_classes, counts, facts, world, best)
+    # log.jsonl and TensorBoard get the final scores too (kind "test": tb test/all, test/few, ...)
+    logger.log("test", engine.global_steps, split="test" if facts["test_dir"] else "val", **result)
     logger.close()
     return result
 

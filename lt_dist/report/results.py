@@ -23,7 +23,10 @@ SEARCH_INFO = "search.json"
 def write_results(out: str, features_dir: str, results: list[dict], seed: int, select_on: str) -> str:
     """trials.parquet, best.json, table.md/csv, per_class.csv, search.json and the figures;
     returns the Markdown table."""
-    pq.write_table(pa.Table.from_pylist(results), os.path.join(out, "trials.parquet"))
+    # whole or not at all: an interrupted write leaves only a temp file, never a truncated table
+    temp = os.path.join(out, f".trials.parquet.tmp-{os.getpid()}")
+    pq.write_table(pa.Table.from_pylist(results), temp)
+    os.replace(temp, os.path.join(out, "trials.parquet"))
     best = best_per_method(results)
     classifier = read_classifier(features_dir)
     norms, per_class = {}, {}

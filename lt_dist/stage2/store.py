@@ -27,8 +27,13 @@ CLASSIFIER = "classifier.arrow"
 
 def _write_ipc(path: str, table: pa.Table) -> None:
     temp = f"{path}.tmp-{os.getpid()}"
-    with pa.OSFile(temp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table, max_chunksize=max(table.num_rows, 1))
+    try:
+        with pa.OSFile(temp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=max(table.num_rows, 1))
+    except BaseException:  # Ctrl-C mid-write included: no half-written file stays behind
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise
     os.replace(temp, path)
 
 
