@@ -7,6 +7,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 EXTRAS ?= dev
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+# The benchmark split lists (tests read them; mutmut runs the tests from a copy under mutants/)
+LT_SHARED ?= ../shared
 DEMO_SHARDS := shards/fashion_mnist_lt
 DEMO_RUN := runs/demo
 DEMO_FEATURES := features/demo
@@ -16,13 +18,14 @@ DEMO_EPOCHS ?= 20
 # Where DeepSpeed caches its JIT-compiled ops between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: help setup demo-data browser nginx demo test test-all bench bench-remote bench-fashion-lt gpu-wheels clean
+.PHONY: help setup demo-data browser nginx demo test test-all mutation bench bench-remote bench-fashion-lt gpu-wheels clean
 
 help:
 	@echo "make demo   set up, then the whole pipeline on Fashion-MNIST-LT: pack, stage 1 with"
 	@echo "            deepspeed (2 CPU processes), extract, stage-2 search with Ray, report"
 	@echo "make test   set up and run the test suite (without the tests marked slow)"
 	@echo "make test-all   the whole suite, slow multi-process tests included"
+	@echo "make mutation   mutation testing of the pure maths modules (MUTANTS='lt_dist.losses*' for one)"
 	@echo "make bench  run the benchmarks under bench/ (tables + bench/results/*.json)"
 	@echo "make bench-fashion-lt   the seeds x samplers table of the README (about an hour)"
 	@echo "make gpu-wheels   what bench/gpu_check.py needs on a bare GPU machine, in gpu-wheels/"
@@ -88,6 +91,20 @@ test: setup demo-data browser nginx
 test-all: setup demo-data browser nginx
 	FMNIST_DIR=$(FMNIST_DIR) $(BIN)/python -m pytest -q
 
+# Mutation testing (mutmut, configured in setup.cfg): one process, one module at a time by
+# default; scores go to docs/TESTING.md. Torch runs single-threaded: mutmut forks the test
+# process per mutant, and a forked child of a process that used an OpenMP pool can hang.
+MUTATION_MODULES ?= lt_dist.metrics* lt_dist.losses* lt_dist.data.balance* lt_dist.data.sampler* \
+	lt_dist.stage2.select* lt_dist.stage2.heads* lt_dist.stage2.methods* lt_dist.shards.format*
+MUTANTS ?= $(MUTATION_MODULES)
+mutation: setup
+	@set -f; for module in $(MUTANTS); do \
+		echo "mutation testing $$module (mutmut, one process)"; \
+		OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 LT_SHARED=$(abspath $(LT_SHARED)) \
+			$(BIN)/mutmut run --max-children 1 "$$module" >/dev/null || exit 1; \
+	done
+	$(BIN)/python tests/mutation_scores.py $(foreach m,$(MUTANTS),'$(m)')
+
 bench: EXTRAS = all
 bench: setup demo-data
 	FMNIST_DIR=$(FMNIST_DIR) $(BIN)/python bench/pack.py
@@ -131,4 +148,4 @@ gpu-wheels: setup
 	@du -sh $(GPU_WHEELS); ls $(GPU_WHEELS)
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache test-artifacts
+	rm -rf $(VENV) .cache .pytest_cache test-artifacts mutants

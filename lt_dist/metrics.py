@@ -30,8 +30,8 @@ def shot_groups(samples_per_class: np.ndarray) -> np.ndarray:
 def per_class_accuracy(correct: np.ndarray, total: np.ndarray) -> np.ndarray:
     """(C,) correct / total per class; NaN for classes with no evaluated sample."""
     correct, total = np.asarray(correct, dtype=np.float64), np.asarray(total, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, correct / np.maximum(total, 1), np.nan)
+    # dividing by max(total, 1) never divides by zero: no errstate needed
+    return np.where(total > 0, correct / np.maximum(total, 1), np.nan)
 
 
 def group_accuracy(correct: np.ndarray, total: np.ndarray, train_counts: np.ndarray) -> dict:

@@ -5,6 +5,7 @@ import gzip
 import io
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -17,6 +18,10 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LT_SHARED", REPO.parent / "shared"))
 SPLITS = SHARED / "data" / "lt-splits"
+# Tests on the real benchmark split lists (ImageNet-LT / Places-LT counts) need that folder;
+# CI has it beside the repository. Elsewhere they are skipped, saying where they looked.
+needs_splits = pytest.mark.skipif(not SPLITS.is_dir(), reason=f"the benchmark split lists are not in {SPLITS} "
+                                  f"(set LT_SHARED to the folder that holds data/lt-splits)")
 
 
 def jpeg_bytes(rng: np.random.Generator, width: int = 40, height: int = 30, quality: int = 90) -> bytes:
@@ -88,6 +93,13 @@ def idx_folder(tmp_path: Path) -> Path:
         images = rng.integers(0, 256, (len(labels), 8, 8)).astype(np.uint8)
         write_idx(folder, prefix, images, labels, gz)
     return folder
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (bind to port 0 and let the kernel choose)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from conftest import REPO, make_image_folder, run_cli
+from conftest import REPO, free_port, make_image_folder, run_cli
 from lt_dist.engine.checkpoint import save_best_model
 from lt_dist.models.resnet import build_model
 from lt_dist.stage2.store import load_features
@@ -69,7 +69,7 @@ def test_two_processes_write_the_same_files(run_and_data, single):
     root, _ = run_and_data
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29777", "-m", "lt_dist.cli",
+    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "lt_dist.cli",
                              "extract", "--ckpt", str(root / "run"), "--data", str(root / "ds"), "--split", "train",
                              "--out", str(root / "f2"), "--decoder", "torchvision", "--workers", "0",
                              "--batch-size", "4"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -56,3 +56,18 @@ def test_same_input_packs_byte_identical(tmp_path):
             writer.commit()
         digests.append(writer.sha256)
     assert digests[0] == digests[1]
+
+
+def test_members_carry_fixed_metadata_not_the_clock(tmp_path):
+    """Byte-identical packs must not depend on writing within the same second: every member has
+    mtime 0, mode 0644 and no owner, whatever the time and the user."""
+    path = tmp_path / "a.tar"
+    with TarShardWriter(str(path)) as writer:
+        writer.add("k", "png", b"data", 3)
+        writer.commit()
+    with tarfile.open(path) as tar:
+        members = tar.getmembers()
+    assert [m.name for m in members] == ["k.png", "k.cls"]
+    for member in members:
+        assert (member.mtime, member.mode, member.uid, member.gid, member.uname, member.gname) == \
+            (0, 0o644, 0, 0, "", ""), member.name

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 import browser
-from conftest import REPO, write_idx
+from conftest import REPO, free_port, write_idx
 
 BIN = Path(sys.executable).parent
-ARTIFACTS = REPO / "test-artifacts"
 
 
 def synthetic_idx(folder: Path) -> Path:
@@ -50,7 +49,7 @@ def pipeline(tmp_path_factory):
     ds_json.write_text(json.dumps({"train_batch_size": 32, "optimizer": {"type": "SGD", "params": {
         "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}}, "bf16": {"enabled": True},
         "zero_optimization": {"stage": 1}, "zero_allow_untested_optimizer": True}))
-    run(BIN / "deepspeed", "--num_gpus", 2, "--master_port", 29811, REPO / "launch" / "train_repr.py",
+    run(BIN / "deepspeed", "--num_gpus", 2, "--master_port", free_port(), REPO / "launch" / "train_repr.py",
         "--ds_config", ds_json, "--data", shards, "--out", run_dir, "--arch", "resnet10", "--small-input",
         "--train-preset", "small_train", "--eval-preset", "small_eval", "--image-size", 28, "--epochs", 1,
         "--decoder", "dali", "--workers", 0)
@@ -87,12 +86,12 @@ def test_table_has_every_method_with_numbers_in_range(pipeline):
 
 
 @pytest.mark.skipif(browser.chromium() is None, reason="Debian's chromium is not installed (make test installs it)")
-def test_report_opens_in_chromium_without_console_errors(pipeline, tmp_path):
+def test_report_opens_in_chromium_without_console_errors(pipeline, tmp_path, tmp_path_factory):
     page = pipeline["results"] / "report.html"
     text = page.read_text()
     assert "<table>" in text and text.count("data:image/png;base64,") >= 4
-    ARTIFACTS.mkdir(exist_ok=True)
-    screenshot = ARTIFACTS / "report.png"
+    # kept for a look after the run: under pytest's --basetemp (default /tmp/pytest-of-USER/pytest-N)
+    screenshot = tmp_path_factory.getbasetemp() / "report.png"
     messages = browser.open_page(str(page), str(screenshot))
     assert messages == []
     assert screenshot.stat().st_size > 10_000
@@ -100,6 +99,35 @@ def test_report_opens_in_chromium_without_console_errors(pipeline, tmp_path):
     probe = tmp_path / "probe.html"
     probe.write_text("<html><body><script>missingFunction();</script></body></html>")
     assert any("missingFunction" in m for m in browser.open_page(str(probe), str(tmp_path / "probe.png")))
+
+
+def test_table_is_the_best_trials_with_their_test_scores(pipeline):
+    """table.csv against best.json, best.json against trials.parquet (best val per method), and the
+    joint row against test accuracy recomputed here from the stored features and classifier."""
+    import pyarrow.parquet as pq
+
+    from lt_dist.stage2.store import read_classifier, read_split
+
+    results = pipeline["results"]
+    with open(results / "table.csv") as handle:
+        table = {row["method"]: row for row in csv.DictReader(handle)}
+    best = json.loads((results / "best.json").read_text())
+    assert set(table) == set(best)
+    trials = pq.read_table(results / "trials.parquet").to_pylist()
+    for method, chosen in best.items():
+        for group in ("many", "medium", "few", "all"):
+            assert float(table[method][group]) == pytest.approx(chosen[f"test_{group}"], abs=0.005), (method, group)
+        scores = [t["selection_score"] for t in trials if t["method"] == method]
+        assert chosen["selection_score"] == max(scores), method
+    classifier, test = read_classifier(str(pipeline["features"])), read_split(str(pipeline["features"]), "test")
+    logits = test.features.astype(np.float64) @ classifier["weight"].T.astype(np.float64) + classifier["bias"]
+    predicted = logits.argmax(axis=1)
+    assert float(table["joint"]["all"]) == pytest.approx(100 * np.mean(predicted == test.labels), abs=0.005)
+    counts = classifier["train_counts"]
+    few = [j for j in range(len(counts)) if counts[j] < 20]
+    if few:  # the mean over few-shot classes of their own accuracy
+        expected_few = 100 * np.mean([np.mean(predicted[test.labels == j] == j) for j in few])
+        assert float(table["joint"]["few"]) == pytest.approx(expected_few, abs=0.005)
 
 
 def test_exported_model_reproduces_the_search_on_test(pipeline, tmp_path):

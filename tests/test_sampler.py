@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from lt_dist.data.sampler import BalancedSampler, SamplerConfig, class_quotas, occurrence_index, rank_block
+from lt_dist.data.sampler import (BalancedSampler, SamplerConfig, class_quotas, draw_classes, occurrence_index,
+                                  rank_block)
 from lt_dist.dist import World
 
 COUNTS = np.array([50, 20, 7, 3, 1])  # 81 samples
@@ -101,3 +102,45 @@ def test_bad_input_raises_a_clear_message(kwargs, message):
     args = {"counts": COUNTS, "config": SamplerConfig(), "world": World(), "batch_size": 4, **kwargs}
     with pytest.raises(ValueError, match=message):
         BalancedSampler(args["counts"], args["config"], args["world"], args["batch_size"])
+
+
+def test_every_epoch_has_its_own_order():
+    for strategy in ("instance", "class", 0.5):
+        sampler = BalancedSampler(COUNTS, SamplerConfig(strategy, seed=3), World(), batch_size=4)
+        epochs = [sampler.rank_rows(epoch) for epoch in range(3)]
+        assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2]), strategy
+
+
+def test_a_stratified_epoch_is_shuffled_not_class_blocks():
+    config = SamplerConfig("class", seed=0)
+    labels = draw_classes(COUNTS, config, epoch=0, num_draws=500)
+    assert np.bincount(labels).tolist() == [100] * 5  # the quotas ...
+    # ... in random order: sorted blocks would change label 4 times; a shuffle of 500
+    # draws from 5 equal classes changes it about 400 times
+    assert np.count_nonzero(np.diff(labels)) > 300
+    assert labels.dtype == np.int32
+
+
+def test_an_instance_epoch_is_shuffled_and_wraps_for_padding():
+    labels = draw_classes(COUNTS, SamplerConfig("instance", seed=0), epoch=0, num_draws=83)
+    assert np.bincount(labels[:81]).tolist() == COUNTS.tolist()
+    assert np.count_nonzero(np.diff(labels[:81])) > 20  # class blocks would give 4 changes
+    assert labels[81:].tolist() == labels[:2].tolist()
+
+
+def test_iid_draws_follow_p_and_the_seed():
+    config = SamplerConfig("class", seed=1, draw="iid")
+    labels = draw_classes(COUNTS, config, epoch=0, num_draws=5000)
+    assert np.allclose(np.bincount(labels) / 5000, 0.2, atol=0.03) and labels.dtype == np.int32
+    assert not np.array_equal(labels, draw_classes(COUNTS, config, epoch=1, num_draws=5000))
+
+
+def test_largest_remainders_get_the_leftover_draws():
+    # exact shares 0.2, 0.5, 0.6, 0.7 of 2 draws: the two largest fractions (classes 3, 2) win,
+    # not the lowest labels
+    assert class_quotas(np.array([0.1, 0.25, 0.3, 0.35]), 2).tolist() == [0, 0, 1, 1]
+    assert class_quotas(np.array([0.5, 0.5]), 1).tolist() == [1, 0]  # a tie goes to the lower label
+    assert class_quotas(np.array([0.25, 0.75]), 8).tolist() == [2, 6]  # exact: nothing left over
+    probs = np.random.default_rng(0).dirichlet(np.ones(7))
+    quotas = class_quotas(probs, 101)
+    assert quotas.sum() == 101 and np.abs(quotas - probs * 101).max() < 1 and quotas.dtype == np.int64

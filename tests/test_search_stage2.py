@@ -130,15 +130,34 @@ def test_set_rejects_unknown_parameters(tmp_path):
     assert result.returncode == 2 and "unknown parameter(s) 'epoch' for 'crt'" in result.stderr
 
 
-def trial_actor_pids() -> list[int]:
-    """Processes of Ray Tune's function-trainable actors (their title is `ray::ImplicitFunc...`)."""
-    pids = []
+def descendants(root: int) -> set[int]:
+    """PIDs of every living process below `root` (children, their children, ...), from /proc."""
+    parent_of = {}
     for entry in os.listdir("/proc"):
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                # "pid (comm) state ppid ...": comm may hold spaces, so split after the last ')'
+                parent_of[int(entry)] = int(handle.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parent_of.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def trial_actor_pids(driver: int) -> list[int]:
+    """Processes of Ray Tune's function-trainable actors (title `ray::ImplicitFunc...`) started by
+    `driver`: the driver's own Ray starts the raylet, which starts the workers, so they are its
+    descendants; trials of any other search on this machine are never touched."""
+    pids = []
+    for pid in descendants(driver):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
                 if handle.read().startswith(b"ray::ImplicitFunc"):
-                    pids.append(int(entry))
-        except (OSError, ValueError):
+                    pids.append(pid)
+        except OSError:
             continue
     return pids
 
@@ -155,7 +174,7 @@ def test_a_crashed_trial_is_retried(tmp_path):
     driver = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed, deadline = [], time.time() + 300
     while not killed and time.time() < deadline and driver.poll() is None:
-        for pid in trial_actor_pids():
+        for pid in trial_actor_pids(driver.pid):
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
         time.sleep(0.05)

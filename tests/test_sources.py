@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from conftest import SPLITS, write_idx
+from conftest import SPLITS, needs_splits, write_idx
 from lt_dist.errors import UserInputError
 from lt_dist.shards.sources import folder_source, idx_source, list_source, read_split_list
 
@@ -20,6 +20,7 @@ def test_folder_source_refuses_an_empty_class(image_folder):
         folder_source(str(image_folder), "train")
 
 
+@needs_splits
 def test_places_lt_list_parses():
     entries = read_split_list(str(SPLITS / "Places_LT_train.txt"))
     assert len(entries) == 62500

@@ -188,6 +188,18 @@ def test_search_space_matches_the_official_grids():
     assert set(SEARCH_SPACE) == set(METHODS) == set(DEFAULT_PARAMS)
 
 
+@pytest.mark.parametrize("tau", [1.5, 2.0])  # the grid reaches 2.0: tau must not be clamped at 1
+def test_tau_above_one_divides_by_a_higher_power_of_the_norm(train, joint, tau):
+    weight64 = joint.weight.astype(np.float64)
+    norms = np.linalg.norm(weight64, axis=1, keepdims=True)
+    expected = weight64 / norms ** tau
+    predictor = fit_method("tau_norm", train, joint, {"tau": tau})
+    np.testing.assert_allclose(predictor.weight, expected, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(predictor.weight, axis=1), norms[:, 0] ** (1 - tau), rtol=1e-5)
+    np.testing.assert_allclose(predictor(train.features[:50]), train.features[:50] @ expected.T, rtol=1e-4, atol=1e-5)
+    assert predictor.tau == tau
+
+
 @pytest.mark.parametrize("device, message", [("tpu", "unknown device 'tpu'"), ("gpu0", "unknown device 'gpu0'")]
                          + ([] if torch.cuda.is_available() else [("cuda", "device 'cuda' needs CUDA")]))
 def test_a_device_that_cannot_work_is_refused_naming_it(train, joint, device, message):

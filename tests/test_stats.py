@@ -1,9 +1,10 @@
 import json
 
-from conftest import SPLITS, run_cli
+from conftest import SPLITS, needs_splits, run_cli
 from lt_dist.shards.stats import count_stats, load_counts
 
 
+@needs_splits
 def test_imagenet_lt_counts_match_the_paper():
     counts = load_counts(counts_file=str(SPLITS / "ImageNet_LT_train_class_counts.json"))
     stats = count_stats(next(iter(counts.values())))
@@ -13,6 +14,7 @@ def test_imagenet_lt_counts_match_the_paper():
     assert stats["many_images"] + stats["medium_images"] + stats["few_images"] == 115846
 
 
+@needs_splits
 def test_places_lt_split_list_groups():
     counts = load_counts(str(SPLITS / "Places_LT_train.txt"))
     stats = count_stats(counts["Places_LT_train.txt"])
@@ -20,6 +22,7 @@ def test_places_lt_split_list_groups():
     assert (stats["many_classes"], stats["medium_classes"], stats["few_classes"]) == (131, 163, 71)
 
 
+@needs_splits
 def test_stats_cli_prints_numbers_and_plots(tmp_path, capsys):
     plot = tmp_path / "counts.png"
     status, out, _ = run_cli(["stats", "--counts", SPLITS / "ImageNet_LT_train_class_counts.json",

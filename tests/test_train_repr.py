@@ -1,15 +1,16 @@
 """Stage 1 through the real launchers on the CPU: 2 processes, gloo, tiny shards."""
 import json
 import os
-import socket
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, make_image_folder, sigkill_when
+from conftest import REPO, free_port, make_image_folder, sigkill_when
 
 LAUNCHER = Path(sys.executable).parent / "deepspeed"
 SCRIPT = REPO / "launch" / "train_repr.py"
@@ -41,14 +42,8 @@ def environment() -> dict:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def launch(shards, out, *extra, procs=2, **popen):
-    command = [str(LAUNCHER), "--num_gpus", str(procs), "--master_port", str(free_port()),
+def launch(shards, out, *extra, procs=2, port=None, **popen):
+    command = [str(LAUNCHER), "--num_gpus", str(procs), "--master_port", str(port or free_port()),
                str(SCRIPT), "--ds_config", str(shards / "ds.json"), "--data", str(shards / "ds"),
                "--out", str(out), *TINY, *map(str, extra)]
     return subprocess.Popen(command, cwd=REPO, env=environment(), stdout=subprocess.PIPE,
@@ -58,6 +53,18 @@ def launch(shards, out, *extra, procs=2, **popen):
 def final_weights(run: Path) -> dict:
     tags = sorted(p for p in (run / "checkpoints").iterdir() if p.name.startswith("gs"))
     return torch.load(tags[-1] / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)["module"]
+
+
+def own_shm_segments(port: int) -> list[Path]:
+    """DeepSpeed's CPU all-reduce segments of the run on `port` only (named ..._UID_ADDR_PORT_RANK)."""
+    return list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
+
+
+def epoch_lines(run: Path) -> list[dict]:
+    """The epoch records of log.jsonl without what depends on the clock."""
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    clock = {"time", "seconds", "images_per_s", "data_wait"}
+    return [{k: v for k, v in r.items() if k not in clock} for r in records if r["kind"] == "epoch"]
 
 
 def test_deepspeed_two_cpu_processes_train_and_write_everything(shards, tmp_path):
@@ -96,15 +103,33 @@ def test_sigkill_mid_epoch_and_resume_gives_the_same_weights(shards, tmp_path):
                  "the run ended before it could be killed", group=True)
     assert not (run / "test_metrics.json").exists()
 
-    resumed = launch(shards, run, *common, "--resume")
+    port = free_port()
+    resumed = launch(shards, run, *common, "--resume", port=port)
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output[-3000:]
     assert "resumed from" in output
-    assert not list(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")), "shared-memory segments left behind"
-    expected, actual = final_weights(tmp_path / "straight"), final_weights(run)
+    assert not own_shm_segments(port), "shared-memory segments left behind"
+    straight_run = tmp_path / "straight"
+    expected, actual = final_weights(straight_run), final_weights(run)
     assert expected.keys() == actual.keys()
     for name in expected:
         assert torch.equal(expected[name], actual[name]), name
+    # everything else the run writes: the best-on-val model (a resume that forgot its best
+    # so far could overwrite it), the test scores of that model, the per-class rows
+    best_straight, best_resumed = (torch.load(r / "best_model.pt", weights_only=False) for r in (straight_run, run))
+    assert best_straight["epoch"] == best_resumed["epoch"]
+    np.testing.assert_equal(best_resumed["val"], best_straight["val"])  # NaN (an empty group) equals NaN here
+    for name, tensor in best_straight["state_dict"].items():
+        assert torch.equal(tensor, best_resumed["state_dict"][name]), name
+    for name in ("test_metrics.json", "val_per_class.csv"):
+        assert (run / name).read_text() == (straight_run / name).read_text(), name
+    resumed_at = int(re.search(r"resumed from .* at epoch (\d+)", output).group(1))
+    straight_epochs, resumed_epochs = epoch_lines(straight_run), epoch_lines(run)
+    assert [e["epoch"] for e in resumed_epochs] == [0, 1, 2]
+    for before, after in zip(straight_epochs, resumed_epochs, strict=True):
+        if after["epoch"] == resumed_at:  # the killed epoch: its mean loss covers the batches after the resume only
+            before, after = ({k: v for k, v in e.items() if k != "loss"} for e in (before, after))
+        np.testing.assert_equal(after, before)
 
 
 @pytest.mark.slow
@@ -198,3 +223,25 @@ def test_resume_with_another_arch_or_class_count_is_refused(shards, tmp_path, ca
                                                  "num_classes": 7}))
     status, err = run_main(args, capsys)
     assert status == 2 and "num_classes=7" in err
+
+
+def first_step_loss(shards, out, *loss_flags) -> float:
+    """The loss of the first optimizer step of a 1-epoch, 1-process run (seed 3)."""
+    command = [sys.executable, str(SCRIPT), "--ds_config", str(shards / "ds.json"), "--data", str(shards / "ds"),
+               "--out", str(out), *TINY[:-2], "--log-every", "1", "--epochs", "1", "--workers", "0", "--seed", "3",
+               *map(str, loss_flags)]
+    result = subprocess.run(command, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    first = next(r for r in records if r["kind"] == "train")
+    assert first["step"] == 1
+    return first["loss"]
+
+
+def test_stage1_trains_the_configured_loss(shards, tmp_path):
+    """Same seed, so the same first batch and initial weights: focal with gamma = 2 scales every
+    sample's cross-entropy by (1 - p_y)^2, near (3/4)^2 for an untrained 4-class net, so its first
+    loss lies well below the CE run's. A stage 1 that trained CE whatever --loss said gives equal losses."""
+    ce = first_step_loss(shards, tmp_path / "ce", "--loss", "ce")
+    focal = first_step_loss(shards, tmp_path / "focal", "--loss", "focal", "--loss-param", "gamma=2")
+    assert 0 < focal < 0.9 * ce, (ce, focal)
