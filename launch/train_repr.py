@@ -47,6 +47,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     arg("--loss", default=defaults.loss, help="ce | focal | class_balanced | ldam | logit_adjusted (default: %(default)s)")
     arg("--loss-param", action="append", type=_loss_param, default=[], metavar="NAME=VALUE",
         help="loss parameter, repeatable: gamma=2, beta=0.9999, tau=1, drw=true, max_margin=0.5 ...")
+    arg("--head", choices=("linear", "cosine"), default=None,
+        help="classifier head: linear, or cosine (normalised features and weights); default: cosine "
+        "for --loss ldam (as Cao et al.), linear otherwise")
     arg("--epochs", type=int, default=defaults.epochs, help="epochs of n samples (default: %(default)s)")
     arg("--seed", type=int, default=defaults.seed, help="model init, sampling, augmentation (default: %(default)s)")
     arg("--train-preset", default=defaults.train_preset, help="imagenet_train | small_train (default: %(default)s)")
@@ -68,7 +71,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig from parsed flags."""
     return TrainConfig(data=args.data, out=args.out, arch=args.arch, small_input=args.small_input,
                        sampler=args.sampler, sampler_draw=args.sampler_draw, loss=args.loss,
-                       loss_params=dict(args.loss_param), epochs=args.epochs, seed=args.seed,
+                       loss_params=dict(args.loss_param), head=args.head, epochs=args.epochs, seed=args.seed,
                        train_preset=args.train_preset, eval_preset=args.eval_preset,
                        image_size=args.image_size, decoder=args.decoder, workers=args.workers,
                        ckpt_every=args.ckpt_every, keep_checkpoints=args.keep_checkpoints,

@@ -23,6 +23,7 @@ class TrainConfig:
     sampler_draw: str = "stratified"  # exact per-epoch class quotas or "iid"
     loss: str = "ce"  # losses.LOSSES name
     loss_params: dict = field(default_factory=dict)  # keyword arguments of the loss
+    head: str | None = None  # "linear" | "cosine"; None: cosine for ldam (Cao et al.), else linear
     epochs: int = 90  # passes of n samples each (n = training-set size)
     seed: int = 0  # model init, sampling and augmentation
     train_preset: str = "imagenet_train"  # presets.PRESETS name for training
@@ -48,10 +49,21 @@ def validate(config: TrainConfig) -> None:
         (config.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {config.eval_batch_size}"),
         (config.decoder in ("dali", "torchvision"), f"unknown decoder {config.decoder!r}; choose dali or torchvision"),
         (config.image_size is None or config.image_size >= 8, f"image_size must be >= 8, got {config.image_size}"),
+        (config.head in (None, "linear", "cosine"), f"unknown head {config.head!r}; choose linear or cosine"),
+        # LDAM's margins (up to 0.5) are defined on cosines in [-1, 1]; on raw logits they are not LDAM
+        (not (config.loss == "ldam" and config.head == "linear"),
+         "--loss ldam needs the cosine head: --head linear cannot be combined with --loss ldam"),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+
+
+def resolve_head(config: TrainConfig) -> tuple[str, float | None]:
+    """(head, cosine_scale) of the stage-1 model: LDAM gets a cosine head of scale 1 (its loss
+    multiplies by s), another loss on a cosine head learns its scale from 16."""
+    head = config.head or ("cosine" if config.loss == "ldam" else "linear")
+    return head, (1.0 if head == "cosine" and config.loss == "ldam" else None)
 
 
 def to_dict(config: TrainConfig) -> dict:

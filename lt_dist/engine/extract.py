@@ -66,7 +66,8 @@ def extract(ckpt: str, data: str, splits: list[str], out: str, decoder: str = "d
 def _extract_splits(best: dict, split_dirs: dict, counts: dict, world: World, out: str, ckpt: str, data: str,
                     decoder: str, batch_size: int, workers: int) -> dict:
     """The body of extract once the process group (if any) is up; returns the index."""
-    model = build_model(best["arch"], best["num_classes"], best["small_input"])
+    model = build_model(best["arch"], best["num_classes"], best["small_input"], best.get("head", "linear"),
+                        best.get("cosine_scale"))
     model.load_state_dict(best["state_dict"])
     model.eval().to(_device(world))
     size = best.get("image_size")
@@ -86,8 +87,13 @@ def _extract_splits(best: dict, split_dirs: dict, counts: dict, world: World, ou
             print(f"{split}: {info['splits'][split]['num_samples']} features of {model.feature_dim} dims "
                   f"in {info['splits'][split]['seconds']} s")
     if world.is_main:
-        store.write_classifier(out, model.fc.weight.detach().cpu().numpy(), model.fc.bias.detach().cpu().numpy(),
-                               np.asarray(best["train_counts"]), best["class_names"])
+        weight = model.fc.weight.detach().float().cpu().numpy()
+        # a cosine head has no bias: zeros, and features.json says which head the rows belong to
+        bias = np.zeros(len(weight), np.float32) if model.fc.bias is None else model.fc.bias.detach().cpu().numpy()
+        info["head"] = best.get("head", "linear")
+        if info["head"] == "cosine":
+            info["cosine_scale"] = float(model.fc.scale)
+        store.write_classifier(out, weight, bias, np.asarray(best["train_counts"]), best["class_names"])
         store.write_index(out, info)
     return info
 

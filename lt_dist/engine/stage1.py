@@ -13,7 +13,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from lt_dist.config import TrainConfig, dump, to_dict, validate
+from lt_dist.config import TrainConfig, dump, resolve_head, to_dict, validate
 from lt_dist.data.balance import resolve_strategy
 from lt_dist.data.loader import BalancedLoader, LoaderConfig
 from lt_dist.data.presets import get_preset
@@ -98,7 +98,8 @@ def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: Wo
     micro, gas = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
     torch.manual_seed(config.seed)
     counts, num_classes = facts["counts"], len(facts["counts"])
-    model = build_model(config.arch, num_classes, config.small_input)
+    head, cosine_scale = resolve_head(config)
+    model = build_model(config.arch, num_classes, config.small_input, head, cosine_scale)
     train_loader, val_loader, test_loader = build_loaders(config, facts, world, micro)
     engine = ds.initialize(model, ds_config, total_steps=config.epochs * (len(train_loader) // gas), log=say)
     loss_fn = build_loss(config.loss, counts, **config.loss_params).to(engine.device)
@@ -150,7 +151,7 @@ def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: Wo
                     "arch": config.arch, "num_classes": num_classes, "small_input": config.small_input,
                     "epoch": epoch, "val": scores, "train_counts": counts.tolist(),
                     "class_names": facts["class_names"], "eval_preset": config.eval_preset,
-                    "image_size": config.image_size})
+                    "image_size": config.image_size, "head": head, "cosine_scale": cosine_scale})
         save(end_of_epoch=True)
     result = _final_test(config, engine, test_loader or val_loader, num_classes, counts, facts, world, best)
     logger.close()
