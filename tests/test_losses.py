@@ -84,3 +84,30 @@ def test_bad_loss_input(args, message):
     params = args[2] if len(args) > 2 else {}
     with pytest.raises(ValueError, match=message):
         build_loss(args[0], args[1], **params)
+
+
+def test_ldam_on_the_cosine_head_is_cao_et_al_with_drw():
+    """LDAM-DRW end to end from features: the cosine head gives z_j = cos(x, w_j) (scale 1), the loss
+    is CE(30 (z - Delta_y e_y)), Delta_j = 0.5 n_j^(-1/4) / max_k n_k^(-1/4), and from epoch 0.8 T on
+    the class weights (1 - beta) / (1 - beta^n_j), normalised to sum to C (all by hand in float64)."""
+    from lt_dist.models.cosine import CosineHead
+
+    torch.manual_seed(0)
+    head = CosineHead(5, 3, scale=1.0)
+    features = torch.randn(6, 5) * 4.0  # large norms: a cosine head must ignore them
+    targets = torch.tensor([0, 1, 2, 2, 1, 0])
+    x, w = features.double().numpy(), head.weight.detach().double().numpy()
+    cosines = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=1, keepdims=True)).T
+    assert np.abs(cosines).max() <= 1.0
+    margins = 0.5 * COUNTS ** -0.25 / (COUNTS ** -0.25).max()
+    shifted = cosines.copy()
+    shifted[np.arange(6), targets.numpy()] -= margins[targets.numpy()]
+    loss = build_loss("ldam", COUNTS)  # defaults: max margin 0.5, s = 30, DRW from 0.8 T, beta 0.9999
+    logits = head(features)
+    assert np.allclose(logits.detach().double().numpy(), cosines, atol=1e-6)
+    loss.set_epoch(7, 10)
+    assert loss(logits, targets).item() == pytest.approx(ce_by_hand(30 * shifted, targets.numpy()), rel=1e-4)
+    loss.set_epoch(8, 10)
+    raw = (1 - 0.9999) / (1 - 0.9999 ** COUNTS.astype(np.float64))
+    weights = raw / raw.sum() * 3
+    assert loss(logits, targets).item() == pytest.approx(ce_by_hand(30 * shifted, targets.numpy(), weights), rel=1e-4)

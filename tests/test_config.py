@@ -1,0 +1,31 @@
+"""config.validate / resolve_head, and the flag refusal of train_repr (no process group needed)."""
+import pytest
+
+from lt_dist.config import TrainConfig, resolve_head, validate
+
+
+def test_ldam_defaults_to_a_cosine_head_of_scale_one():
+    assert resolve_head(TrainConfig(data="d", out="o", loss="ldam")) == ("cosine", 1.0)
+    assert resolve_head(TrainConfig(data="d", out="o")) == ("linear", None)
+    assert resolve_head(TrainConfig(data="d", out="o", head="cosine")) == ("cosine", None)  # learned scale
+
+
+def test_ldam_with_a_linear_head_is_refused_naming_both_flags():
+    with pytest.raises(ValueError, match="--head linear.*--loss ldam"):
+        validate(TrainConfig(data="d", out="o", loss="ldam", head="linear"))
+
+
+def test_train_repr_exits_2_with_one_line(tmp_path, capsys):
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "launch"))
+    try:
+        import train_repr
+    finally:
+        sys.path.pop(0)
+    code = train_repr.main(["--data", str(tmp_path), "--out", str(tmp_path / "run"), "--loss", "ldam",
+                            "--head", "linear"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(error) == 1 and "--head linear" in error[0] and "--loss ldam" in error[0]
