@@ -28,7 +28,7 @@ def _loss_param(text: str) -> tuple[str, float | bool]:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    """Flags of stage 1 (reusable by wrappers); defaults from SPEC.md for ImageNet-LT."""
+    """Flags of stage 1 (reusable by wrappers); defaults from docs/METHOD.md for ImageNet-LT."""
     defaults = TrainConfig(data="", out="")
     parser = argparse.ArgumentParser(description=__doc__, add_help=add_help,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,6 +1,6 @@
 """Run settings of stage 1 as one frozen dataclass: load, validate, dump.
 
-Every field carries a one-line comment; defaults follow SPEC.md (ImageNet-LT).
+Every field carries a one-line comment; defaults follow docs/METHOD.md (ImageNet-LT).
 The optimiser, batch sizes and precision live in the DeepSpeed config (ds.json),
 never here, so the two cannot disagree.
 """

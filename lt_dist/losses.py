@@ -1,4 +1,4 @@
-"""Stage-1 losses (SPEC.md, "Joint baselines"); every one maps (logits (N, C), targets (N,)) -> scalar.
+"""Stage-1 losses (docs/METHOD.md, "Stage 1"); every one maps (logits (N, C), targets (N,)) -> scalar.
 
     ce              cross-entropy
     focal           mean (1 - h)^gamma * CE, h the softmax probability of the true class

@@ -1,4 +1,4 @@
-"""Stage-2 classifier methods on stored features, behind one name table (SPEC.md, "Stage 2").
+"""Stage-2 classifier methods on stored features, behind one name table (docs/METHOD.md, "Stage 2").
 
 Every method is fit(train, classifier, params, seed) -> Predictor, a callable
 features (N, D) -> logits (N, C) float32:

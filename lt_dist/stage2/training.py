@@ -25,7 +25,7 @@ from lt_dist.stage2.types import FeatureSplit
 class TrainConfig:
     """Optimisation settings of one stage-2 fit."""
 
-    epochs: int = 10  # an epoch is len(train) samples, whatever the sampler (SPEC.md)
+    epochs: int = 10  # an epoch is len(train) samples, whatever the sampler (docs/METHOD.md)
     batch_size: int = 512
     lr: float = 0.2  # peak learning rate; cosine to 0 over all steps
     momentum: float = 0.9
