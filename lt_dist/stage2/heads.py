@@ -148,12 +148,16 @@ class LinearPredictor:
 
 
 class CosinePredictor:
-    """logits = s * cos(x, w_j): features and weight rows L2-normalised, s a learned scale."""
+    """logits = s * cos(x, w_j): features and weight rows L2-normalised; s a scale, or (C,) per-class
+    scales (LWS on a cosine stage-1 head: f_j * s)."""
 
-    def __init__(self, weight: np.ndarray, scale: float):
-        self.weight, self.scale = np.asarray(weight, dtype=np.float32), float(scale)
+    def __init__(self, weight: np.ndarray, scale, **extra):
+        self.weight = np.asarray(weight, dtype=np.float32)
+        self.scale = float(scale) if np.ndim(scale) == 0 else np.asarray(scale, dtype=np.float32)
+        for name, value in extra.items():  # method-specific state: tau, scales
+            setattr(self, name, value)
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         """(N, D) -> (N, C) float32."""
         queries = _l2_rows(np.asarray(features, dtype=np.float32))
-        return (self.scale * queries @ _l2_rows(self.weight).T).astype(np.float32)
+        return (self.scale * (queries @ _l2_rows(self.weight).T)).astype(np.float32)

@@ -9,6 +9,11 @@ features (N, D) -> logits (N, C) float32:
     lws          learned per-class scales f_j * (w_j . x + b_j), W and b frozen
     learned_tau  tau itself learned with class-balanced sampling (paper B.5), bias dropped
     cosine       s * cos(x, w_j), W and s trained like cRT (paper B.7)
+A cosine stage-1 head (classifier.cosine_scale set: logits s cos(x, w_j), no bias):
+joint is that cosine classifier; tau_norm and learned_tau return it unchanged, since
+its rows enter normalised and w_j / ||w_j||^tau has the same direction for every tau
+(`.tau` records the requested value); lws learns f_j on its logits, f_j s cos(x, w_j).
+ncm, crt and cosine ignore the stage-1 head.
 `params` may be partial: missing keys take DEFAULT_PARAMS[method]; every method also
 accepts "threads" (torch intra-op threads for the fit, restored after; default: as is).
 """
@@ -77,6 +82,8 @@ def _train(params: dict, groups: list[dict], logits_fn, train: FeatureSplit, num
 def fit_joint(train: FeatureSplit, classifier: StageOneClassifier, params: dict, seed: int) -> LinearPredictor:
     """The stage-1 classifier unchanged: logits = f W^T + b."""
     resolve_params("joint", params)
+    if classifier.cosine_scale is not None:
+        return CosinePredictor(classifier.weight, classifier.cosine_scale)
     return LinearPredictor(classifier.weight, classifier.bias)
 
 
@@ -90,6 +97,8 @@ def fit_ncm(train: FeatureSplit, classifier: StageOneClassifier, params: dict, s
 def fit_tau_norm(train: FeatureSplit, classifier: StageOneClassifier, params: dict, seed: int) -> LinearPredictor:
     """logits = f W_tau^T, W_tau = tau_normalize(W, tau), bias dropped; `.weight` = W_tau, `.tau`."""
     tau = float(resolve_params("tau_norm", params)["tau"])
+    if classifier.cosine_scale is not None:  # rows already enter normalised: tau changes nothing
+        return CosinePredictor(classifier.weight, classifier.cosine_scale, tau=tau)
     return LinearPredictor(tau_normalize(classifier.weight, tau), None, tau=tau)
 
 
@@ -114,8 +123,17 @@ def fit_lws(train: FeatureSplit, classifier: StageOneClassifier, params: dict, s
     weight, bias = torch.from_numpy(classifier.weight.copy()), torch.from_numpy(classifier.bias.copy())
     scales = torch.ones(classifier.num_classes, requires_grad=True)
     groups = [{"params": [scales], "weight_decay": float(params["weight_decay"])}]
-    _train(params, groups, lambda x: (x @ weight.T + bias) * scales, train, classifier.num_classes, seed)
+    cosine = classifier.cosine_scale
+
+    def logits_fn(x: torch.Tensor) -> torch.Tensor:
+        if cosine is not None:
+            return cosine * F.normalize(x, dim=1) @ F.normalize(weight, dim=1).T * scales
+        return (x @ weight.T + bias) * scales
+
+    _train(params, groups, logits_fn, train, classifier.num_classes, seed)
     learned = scales.detach().numpy().copy()
+    if cosine is not None:
+        return CosinePredictor(classifier.weight, cosine * learned, scales=learned)
     return LinearPredictor(classifier.weight * learned[:, None], classifier.bias * learned, scales=learned)
 
 
@@ -126,6 +144,8 @@ def fit_learned_tau(train: FeatureSplit, classifier: StageOneClassifier, params:
     tau is left unconstrained while learning (a negative value is reported, not clipped).
     """
     params = resolve_params("learned_tau", params)
+    if classifier.cosine_scale is not None:  # no gradient reaches tau through normalised rows
+        return CosinePredictor(classifier.weight, classifier.cosine_scale, tau=float(params["tau_init"]))
     weight = torch.from_numpy(classifier.weight.copy())
     tau = torch.tensor(float(params["tau_init"]), requires_grad=True)
     groups = [{"params": [tau], "weight_decay": float(params["weight_decay"])}]

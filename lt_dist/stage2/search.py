@@ -53,7 +53,8 @@ def check_select_on(select_on: str, has_val: bool) -> None:
 
 def _fit(features_dir: str, splits: tuple[str, ...], method: str, params: dict, seed: int):
     stored_splits, stored = load_features(features_dir, splits=splits)
-    classifier = StageOneClassifier(stored["weight"], stored["bias"], stored["train_counts"])
+    classifier = StageOneClassifier(stored["weight"], stored["bias"], stored["train_counts"],
+                                    stored.get("cosine_scale"))
     train = FeatureSplit(stored_splits["train"].features, stored_splits["train"].labels)
     return METHODS[method](train, classifier, params, seed), stored_splits, classifier, train
 

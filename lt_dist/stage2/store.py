@@ -90,15 +90,21 @@ def read_split(folder: str, split: str) -> StoredSplit:
 
 
 def read_classifier(folder: str) -> dict:
-    """{"weight" (C, D), "bias" (C,), "train_counts" (C,), "class_names"} of the stage-1 classifier."""
+    """{"weight" (C, D), "bias" (C,), "train_counts" (C,), "class_names", "cosine_scale"} of the stage-1
+    classifier; cosine_scale is None for a linear head (features.json says which head it was)."""
     path = os.path.join(folder, CLASSIFIER)
     if not os.path.isfile(path):
         raise UserInputError(f"{folder!r} has no stage-1 classifier ({CLASSIFIER}); run `lt_dist extract` "
                              f"with the stage-1 checkpoint")
     table = _read_ipc(path)
+    index = {}
+    if os.path.isfile(os.path.join(folder, INDEX)):
+        with open(os.path.join(folder, INDEX), encoding="utf-8") as handle:
+            index = json.load(handle)
     return {"weight": _matrix(table.column("weight")), "bias": table.column("bias").to_numpy(),
             "train_counts": table.column("train_count").to_numpy(),
-            "class_names": table.column("class_name").to_pylist()}
+            "class_names": table.column("class_name").to_pylist(),
+            "cosine_scale": index.get("cosine_scale") if index.get("head") == "cosine" else None}
 
 
 def load_features(folder: str, splits: tuple[str, ...] = ("train", "val", "test")) -> tuple[dict, dict]:

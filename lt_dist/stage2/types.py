@@ -40,11 +40,16 @@ class FeatureSplit:
 
 @dataclass
 class StageOneClassifier:
-    """The jointly trained linear classifier and the training counts it came with."""
+    """The jointly trained classifier and the training counts it came with.
+
+    A linear head gives logits f W^T + b; a cosine head (cosine_scale set, bias zeros)
+    gives cosine_scale * cos(f, w_j).
+    """
 
     weight: np.ndarray  # (C, D) float32, one row per class
     bias: np.ndarray  # (C,) float32
     train_counts: np.ndarray  # (C,) int64, training images per class (shot groups)
+    cosine_scale: float | None = None  # None: a linear head; else the stage-1 cosine head's scale s
 
     def __post_init__(self) -> None:
         self.weight = np.asarray(self.weight, dtype=np.float32)
