@@ -29,6 +29,8 @@ class TrainConfig:
     train_preset: str = "imagenet_train"  # presets.PRESETS name for training
     eval_preset: str = "imagenet_eval"  # presets.PRESETS name for val/test
     image_size: int | None = None  # crop size override of both presets
+    no_jitter: bool = False  # switch the train preset's colour jitter off (the official iNaturalist recipe)
+    init_from: str | None = None  # state dict to start the backbone from (best_model.pt or torchvision format)
     decoder: str = "dali"  # "dali" | "torchvision"
     workers: int = 2  # DataLoader workers per rank
     ckpt_every: int = 0  # also checkpoint every this many optimizer steps (0: per epoch only)

@@ -29,3 +29,32 @@ def test_train_repr_exits_2_with_one_line(tmp_path, capsys):
                             "--head", "linear"])
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and "--head linear" in error[0] and "--loss ldam" in error[0]
+
+
+def test_no_jitter_switches_the_train_presets_jitter_off():
+    from lt_dist.engine.stage1 import build_loaders
+    from lt_dist.dist import World
+    import numpy as np
+
+    facts = {"train_dir": "unused", "val_dir": None, "test_dir": None, "counts": np.array([5, 3])}
+    for no_jitter, expected in ((False, 0.4), (True, 0.0)):
+        config = TrainConfig(data="d", out="o", no_jitter=no_jitter, decoder="torchvision")
+        train, _, _ = build_loaders(config, facts, World(), 4)
+        assert train.config.preset.color_jitter == expected and train.config.preset.name == "imagenet_train"
+
+
+def test_train_repr_flags_reach_the_config():
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "launch"))
+    try:
+        import train_repr
+    finally:
+        sys.path.pop(0)
+    args = train_repr.get_args_parser().parse_args(["--data", "d", "--out", "o", "--no-jitter", "--init-from", "w.pth",
+                                                    "--head", "cosine", "--loss", "class_balanced_focal"])
+    config = train_repr.config_from_args(args)
+    assert (config.no_jitter, config.init_from, config.head, config.loss) == (True, "w.pth", "cosine",
+                                                                             "class_balanced_focal")

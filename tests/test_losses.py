@@ -111,3 +111,13 @@ def test_ldam_on_the_cosine_head_is_cao_et_al_with_drw():
     raw = (1 - 0.9999) / (1 - 0.9999 ** COUNTS.astype(np.float64))
     weights = raw / raw.sum() * 3
     assert loss(logits, targets).item() == pytest.approx(ce_by_hand(30 * shifted, targets.numpy(), weights), rel=1e-4)
+
+
+def test_class_balanced_focal_by_hand():
+    loss = build_loss("class_balanced_focal", COUNTS, beta=0.999, gamma=1.5)
+    p = softmax_rows(LOGITS.numpy().astype(np.float64))
+    h = p[np.arange(3), TARGETS.numpy()]
+    raw = (1 - 0.999) / (1 - 0.999 ** COUNTS.astype(np.float64))
+    weights = raw / raw.sum() * 3
+    expected = np.mean(weights[TARGETS.numpy()] * (1 - h) ** 1.5 * -np.log(h))
+    assert loss(LOGITS, TARGETS).item() == pytest.approx(expected, rel=1e-5)

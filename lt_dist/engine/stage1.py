@@ -21,6 +21,7 @@ from lt_dist.data.sampler import SamplerConfig, SequentialSampler
 from lt_dist.dist import World, process_group_closed_at_exit
 from lt_dist.engine import checkpoint as ckpt
 from lt_dist.engine import ds
+from lt_dist.engine.init_from import load_backbone
 from lt_dist.engine.logs import RunLogger
 from lt_dist.engine.loop import evaluate, train_one_epoch
 from lt_dist.engine.reports import append_per_class, write_test_results
@@ -41,6 +42,8 @@ def check_inputs(config: TrainConfig, ds_config_path: str, world: World) -> tupl
     for kind, name, table in (("arch", config.arch, MODELS), ("loss", config.loss, LOSSES)):
         if name not in table:
             raise UserInputError(f"unknown {kind} {name!r}; choose one of {', '.join(table)}")
+    if config.init_from and not os.path.isfile(config.init_from):
+        raise UserInputError(f"--init-from {config.init_from!r} does not exist")
     say = print if world.is_main else (lambda *a, **k: None)
     ds_config = ds.resolve_ds_config(ds.load_ds_config(ds_config_path), world.world_size,
                                      torch.cuda.is_available(), say)
@@ -62,14 +65,15 @@ def check_inputs(config: TrainConfig, ds_config_path: str, world: World) -> tupl
     return ds_config, facts
 
 
-def _preset(name: str, size: int | None):
-    return get_preset(name) if size is None else get_preset(name, size=size)
+def _preset(name: str, size: int | None, **overrides):
+    return get_preset(name, **overrides) if size is None else get_preset(name, size=size, **overrides)
 
 
 def build_loaders(config: TrainConfig, facts: dict, world: World, micro_batch: int):
     """(train BalancedLoader, val loader, test loader or None)."""
     sampler = SamplerConfig(config.sampler, config.seed, config.epochs, "pad", None, config.sampler_draw)
-    train = BalancedLoader(LoaderConfig(facts["train_dir"], micro_batch, _preset(config.train_preset, config.image_size),
+    train = BalancedLoader(LoaderConfig(facts["train_dir"], micro_batch, _preset(config.train_preset, config.image_size,
+                                                                  **({"color_jitter": 0.0} if config.no_jitter else {})),
                                         sampler, config.decoder, config.workers), world, facts["counts"])
 
     def sequential(split_dir: str | None):
@@ -100,6 +104,8 @@ def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: Wo
     counts, num_classes = facts["counts"], len(facts["counts"])
     head, cosine_scale = resolve_head(config)
     model = build_model(config.arch, num_classes, config.small_input, head, cosine_scale)
+    if config.init_from and not config.resume:  # a resume takes every weight from its checkpoint
+        load_backbone(model.backbone, config.init_from, say)
     train_loader, val_loader, test_loader = build_loaders(config, facts, world, micro)
     engine = ds.initialize(model, ds_config, total_steps=config.epochs * (len(train_loader) // gas), log=say)
     loss_fn = build_loss(config.loss, counts, **config.loss_params).to(engine.device)
