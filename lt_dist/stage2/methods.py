@@ -8,7 +8,7 @@ features (N, D) -> logits (N, C) float32:
     crt          W, b re-initialised and retrained with class-balanced sampling
     lws          learned per-class scales f_j * (w_j . x + b_j), W and b frozen
     learned_tau  tau itself learned with class-balanced sampling (paper B.5), bias dropped
-    cosine       s * cos(x, w_j), W and s trained like cRT (paper B.7)
+    cosine       s * cos(x, w_j), W trained like cRT, s = 16 fixed as the official CosNorm (paper B.7)
 A cosine stage-1 head (classifier.cosine_scale set: logits s cos(x, w_j), no bias):
 joint is that cosine classifier; tau_norm and learned_tau return it unchanged, since
 its rows enter normalised and w_j / ||w_j||^tau has the same direction for every tau
@@ -26,25 +26,32 @@ import torch.nn.functional as F
 
 from lt_dist.stage2.heads import (CosinePredictor, LinearPredictor, NCMPredictor, ncm_centroids, scale_rows,
                                   tau_normalize)
-from lt_dist.stage2.training import TrainConfig, torch_threads, train_head, uniform_init
+from lt_dist.stage2.training import TrainConfig, batch_for_steps, torch_threads, train_head, uniform_init
 from lt_dist.stage2.types import FeatureSplit, Predictor, StageOneClassifier
 
 Method = Callable[[FeatureSplit, StageOneClassifier, dict, int], Predictor]
 
 # Official configs (classifier-balancing, ImageNet-LT): cRT 10 epochs, LWS 5, both SGD
 # lr 0.2, momentum 0.9, weight decay 5e-4 (LWS decays its scales too), cosine to 0, batch 512.
-_SGD = {"lr": 0.2, "batch_size": 512, "momentum": 0.9}
+# lt-dist's additions: lr_schedule "step" (cosine every step) or "epoch" (held per epoch, as the
+# official scheduler); min_steps_per_epoch: the batch shrinks to floor(n / m) when n / 512 would
+# give fewer than m optimizer steps per epoch (ImageNet-LT has 226 at 512: unchanged). It is 50
+# for the heads that start from random weights (crt, cosine), so small datasets still get enough
+# optimisation; 0 (off) for lws and learned_tau, which start at the stage-1 classifier. 0 disables.
+_SGD = {"lr": 0.2, "batch_size": 512, "momentum": 0.9, "lr_schedule": "step", "min_steps_per_epoch": 0}
+_FRESH = {**_SGD, "min_steps_per_epoch": 50}
 DEFAULT_PARAMS: dict[str, dict] = {
     "joint": {},
     "ncm": {"metric": "l2"},
     "tau_norm": {"tau": 1.0},  # plain L2-normalisation; select tau with SEARCH_SPACE (ImageNet-LT: 0.7)
-    "crt": {**_SGD, "epochs": 10, "weight_decay": 5e-4},
+    "crt": {**_FRESH, "epochs": 10, "weight_decay": 5e-4},
     "lws": {**_SGD, "epochs": 5, "weight_decay": 5e-4},
     # tau starts at 1 (plain L2-normalisation, the middle of the official grid); no decay:
     # decay would pull tau towards 0, i.e. towards the unnormalised joint classifier
     "learned_tau": {**_SGD, "epochs": 5, "weight_decay": 0.0, "tau_init": 1.0},
-    # s starts at 16 (the official CosNorm classifier's fixed scale); decay on W only
-    "cosine": {**_SGD, "epochs": 10, "weight_decay": 5e-4, "scale_init": 16.0},
+    # s = 16, fixed as in the official CosNorm classifier; learn_scale=True learns it from there
+    # (on small data a learned s collapses towards 0, and with it every class's margin)
+    "cosine": {**_FRESH, "epochs": 10, "weight_decay": 5e-4, "scale_init": 16.0, "learn_scale": False},
 }
 COMMON_PARAMS = {"threads": None}  # accepted by every method
 
@@ -73,8 +80,11 @@ def resolve_params(method: str, params: dict | None) -> dict:
 
 def _train(params: dict, groups: list[dict], logits_fn, train: FeatureSplit, num_classes: int, seed: int) -> None:
     """train_head with the method's optimisation params, under the requested thread count."""
-    config = TrainConfig(epochs=int(params["epochs"]), batch_size=int(params["batch_size"]),
-                         lr=float(params["lr"]), momentum=float(params["momentum"]))
+    config = TrainConfig(epochs=int(params["epochs"]),
+                         batch_size=batch_for_steps(len(train.labels), int(params["batch_size"]),
+                                                    int(params["min_steps_per_epoch"])),
+                         lr=float(params["lr"]), momentum=float(params["momentum"]),
+                         lr_schedule=str(params["lr_schedule"]))
     with torch_threads(params["threads"]):
         train_head(groups, logits_fn, train, num_classes, config, seed)
 
@@ -155,13 +165,14 @@ def fit_learned_tau(train: FeatureSplit, classifier: StageOneClassifier, params:
 
 
 def fit_cosine(train: FeatureSplit, classifier: StageOneClassifier, params: dict, seed: int) -> CosinePredictor:
-    """s * cos(x, w_j) with W re-initialised and s (start scale_init) learned; `.weight`, `.scale`."""
+    """s * cos(x, w_j) with W re-initialised; s = scale_init, learned only with learn_scale; `.weight`, `.scale`."""
     params = resolve_params("cosine", params)
     num_classes, dim = classifier.weight.shape
     weight = uniform_init((num_classes, dim), dim, torch.Generator().manual_seed(seed)).requires_grad_()
-    scale = torch.tensor(float(params["scale_init"]), requires_grad=True)
-    groups = [{"params": [weight], "weight_decay": float(params["weight_decay"])},
-              {"params": [scale], "weight_decay": 0.0}]  # decaying s would only shrink the logits
+    scale = torch.tensor(float(params["scale_init"]), requires_grad=bool(params["learn_scale"]))
+    groups = [{"params": [weight], "weight_decay": float(params["weight_decay"])}]
+    if params["learn_scale"]:
+        groups.append({"params": [scale], "weight_decay": 0.0})  # decaying s would only shrink the logits
 
     def logits_fn(x: torch.Tensor) -> torch.Tensor:
         return scale * F.normalize(x, dim=1) @ F.normalize(weight, dim=1).T

@@ -30,11 +30,14 @@ class TrainConfig:
     lr: float = 0.2  # peak learning rate; cosine to 0 over all steps
     momentum: float = 0.9
     strategy: str | float = "class"  # the sampler: stage 2 is class-balanced; "instance" for baselines
+    lr_schedule: str = "step"  # cosine per optimizer step, or "epoch": held for each epoch (official)
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr < 0:
             raise ValueError(f"need epochs >= 0, batch_size >= 1 and lr >= 0, got {self.epochs}, "
                              f"{self.batch_size} and {self.lr}")
+        if self.lr_schedule not in ("step", "epoch"):
+            raise ValueError(f"lr_schedule must be 'step' or 'epoch', got {self.lr_schedule!r}")
 
 
 def balanced_batches(labels: np.ndarray, num_classes: int, config: TrainConfig, seed: int) -> Iterator[np.ndarray]:
@@ -58,6 +61,16 @@ def steps_per_epoch(num_rows: int, batch_size: int) -> int:
     return -(-num_rows // batch_size)
 
 
+def batch_for_steps(num_rows: int, batch_size: int, min_steps_per_epoch: int) -> int:
+    """The batch size that gives an epoch of num_rows samples at least min_steps_per_epoch steps:
+    min(batch_size, max(1, num_rows // min_steps_per_epoch)); min_steps_per_epoch 0 keeps batch_size."""
+    if min_steps_per_epoch < 0:
+        raise ValueError(f"min_steps_per_epoch must be >= 0, got {min_steps_per_epoch}")
+    if min_steps_per_epoch == 0:
+        return batch_size
+    return min(batch_size, max(1, num_rows // min_steps_per_epoch))
+
+
 def cosine_lr(peak: float, step: int, total_steps: int) -> float:
     """0.5 * peak * (1 + cos(pi * step / total_steps)): peak at step 0, 0 at the end."""
     return 0.5 * peak * (1.0 + math.cos(math.pi * step / max(total_steps, 1)))
@@ -74,11 +87,13 @@ def train_head(param_groups: list[dict], logits_fn: Callable[[torch.Tensor], tor
         the loss of every step (floats; the loop runs on the CPU, .item() costs nothing).
     """
     optimizer = torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum)
-    total = config.epochs * steps_per_epoch(len(train.labels), config.batch_size)
+    per_epoch = steps_per_epoch(len(train.labels), config.batch_size)
+    total = config.epochs * per_epoch
     losses = []
     for step, rows in enumerate(balanced_batches(train.labels, num_classes, config, seed)):
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(config.lr, step, total)
+            group["lr"] = (cosine_lr(config.lr, step // per_epoch, config.epochs) if config.lr_schedule == "epoch"
+                           else cosine_lr(config.lr, step, total))
         # fancy indexing copies: torch never sees the read-only memory-mapped matrix
         features = torch.from_numpy(train.features[rows])
         loss = F.cross_entropy(logits_fn(features), torch.from_numpy(train.labels[rows]))
