@@ -63,9 +63,12 @@ def validate(config: TrainConfig) -> None:
 
 def resolve_head(config: TrainConfig) -> tuple[str, float | None]:
     """(head, cosine_scale) of the stage-1 model: LDAM gets a cosine head of scale 1 (its loss
-    multiplies by s), another loss on a cosine head learns its scale from 16."""
+    multiplies by s = 30); another loss on a cosine head gets the fixed scale 16 of the official
+    cosine classifier. A linear head has no scale (None)."""
     head = config.head or ("cosine" if config.loss == "ldam" else "linear")
-    return head, (1.0 if head == "cosine" and config.loss == "ldam" else None)
+    if head != "cosine":
+        return head, None
+    return head, 1.0 if config.loss == "ldam" else 16.0
 
 
 def to_dict(config: TrainConfig) -> dict:

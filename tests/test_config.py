@@ -7,7 +7,7 @@ from lt_dist.config import TrainConfig, resolve_head, validate
 def test_ldam_defaults_to_a_cosine_head_of_scale_one():
     assert resolve_head(TrainConfig(data="d", out="o", loss="ldam")) == ("cosine", 1.0)
     assert resolve_head(TrainConfig(data="d", out="o")) == ("linear", None)
-    assert resolve_head(TrainConfig(data="d", out="o", head="cosine")) == ("cosine", None)  # learned scale
+    assert resolve_head(TrainConfig(data="d", out="o", head="cosine")) == ("cosine", 16.0)
 
 
 def test_ldam_with_a_linear_head_is_refused_naming_both_flags():

@@ -39,6 +39,7 @@ from lt_dist.models.resnet import Classifier, build_model
 # Official ImageNet-LT configs: cRT 10 epochs, LWS 5; the cosine classifier as cRT.
 METHOD_EPOCHS = {"crt": 10, "lws": 5, "cosine": 10}
 BN_MODES = ("update", "frozen")
+COSINE_SCALE = 16.0  # the official CosNorm classifier's fixed scale
 LR_SCHEDULES = ("epoch", "step")
 
 
@@ -117,7 +118,7 @@ class FrozenBackbone(nn.Module):
 def build_frozen_model(best: dict, method: str, bn: str, seed: int) -> FrozenBackbone:
     """The stage-1 model of best_model.pt with the head `method` trains.
 
-    crt: a fresh nn.Linear; cosine: a fresh CosineHead with a learned scale from 16;
+    crt: a fresh nn.Linear; cosine: a fresh CosineHead, scale fixed at 16 (official);
     lws: the stage-1 linear head frozen, scaled per class. LWS needs W and b, so a
     cosine stage-1 head is refused for it (use --method cosine or crt).
     """
@@ -130,7 +131,7 @@ def build_frozen_model(best: dict, method: str, bn: str, seed: int) -> FrozenBac
     torch.manual_seed(seed)  # the new head's initialisation
     dim, num_classes = model.feature_dim, best["num_classes"]
     heads = {"crt": lambda: nn.Linear(dim, num_classes), "lws": lambda: LWSHead(model.fc),
-             "cosine": lambda: CosineHead(dim, num_classes, 16.0, learn_scale=True)}
+             "cosine": lambda: CosineHead(dim, num_classes, COSINE_SCALE)}
     return FrozenBackbone(model.backbone, heads[method](), dim, bn == "update")
 
 
@@ -210,7 +211,8 @@ def _train_and_test(config: ClassifierConfig, settings: TrainConfig, model: Froz
     info = {"arch": best_stage1["arch"], "num_classes": num_classes, "small_input": best_stage1["small_input"],
             "train_counts": counts.tolist(), "class_names": facts["class_names"],
             "eval_preset": settings.eval_preset, "image_size": settings.image_size,
-            "head": "cosine" if config.method == "cosine" else "linear", "cosine_scale": None,
+            "head": "cosine" if config.method == "cosine" else "linear",
+            "cosine_scale": COSINE_SCALE if config.method == "cosine" else None,
             "stage2": {"method": config.method, "bn": config.bn, "init": config.init}}
     if world.is_main:
         dump(settings, os.path.join(config.out, "config.json"),
