@@ -83,6 +83,13 @@ def _add_extract(subparsers) -> None:
     parser.add_argument("--decoder", choices=("dali", "torchvision"), default="dali", help="image decoder")
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch per process")
     parser.add_argument("--workers", type=int, default=2, help="loader processes per rank")
+    parser.add_argument("--bn-recalibrate", choices=("none", "class"), default="none",
+                        help="class: re-estimate BatchNorm statistics on class-balanced training batches "
+                        "(training augmentation, forward passes only) before extracting every split, as the "
+                        "official stage 2 leaves them")
+    parser.add_argument("--bn-batches", type=int, default=100,
+                        help="batches of --batch-size per process for --bn-recalibrate class")
+    parser.add_argument("--seed", type=int, default=0, help="sampling and augmentation of --bn-recalibrate")
     parser.set_defaults(run=run_extract)
 
 
@@ -94,5 +101,9 @@ def run_extract(args) -> int:
     splits = args.splits or [s for s in ("train", "val", "test") if os.path.isdir(os.path.join(args.data, s))]
     if args.batch_size < 1:
         raise UserInputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    extract(args.ckpt, args.data, splits, args.out, args.decoder, args.batch_size, args.workers)
+    if args.bn_batches < 1:
+        raise UserInputError(f"--bn-batches must be >= 1, got {args.bn_batches}")
+    bn_batches = args.bn_batches if args.bn_recalibrate == "class" else 0
+    extract(args.ckpt, args.data, splits, args.out, args.decoder, args.batch_size, args.workers, bn_batches,
+            args.seed)
     return 0

@@ -146,7 +146,7 @@ def _check(config: ClassifierConfig) -> None:
             raise UserInputError(message)
 
 
-def _stage1_settings(init: str) -> dict:
+def stage1_settings(init: str) -> dict:
     """The stage-1 run's train settings from its config.json ({} when only a best_model.pt is given)."""
     folder = os.path.dirname(init) if init.endswith(".pt") else init
     path = os.path.join(folder, "config.json")
@@ -159,7 +159,7 @@ def _stage1_settings(init: str) -> dict:
 def loader_settings(config: ClassifierConfig, best: dict) -> TrainConfig:
     """Stage 1's run settings for this run's loaders and checkpoints: class-balanced sampling,
     presets and crop size inherited from the stage-1 run unless given."""
-    before = _stage1_settings(config.init)
+    before = stage1_settings(config.init)
     image_size = config.image_size if config.image_size is not None else best.get("image_size")
     return TrainConfig(data=config.data, out=config.out, arch=best["arch"], small_input=best["small_input"],
                        sampler="class", epochs=config.epochs or METHOD_EPOCHS[config.method], seed=config.seed,

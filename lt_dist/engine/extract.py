@@ -46,8 +46,12 @@ def extract_rows(model, split_dir: str, num_samples: int, world: World, preset, 
 
 
 def extract(ckpt: str, data: str, splits: list[str], out: str, decoder: str = "dali",
-            batch_size: int = 256, workers: int = 2) -> dict:
-    """Write out/<split>.arrow for each split, classifier.arrow and features.json; returns the index."""
+            batch_size: int = 256, workers: int = 2, bn_batches: int = 0, seed: int = 0) -> dict:
+    """Write out/<split>.arrow for each split, classifier.arrow and features.json; returns the index.
+
+    bn_batches > 0: first re-estimate the BN statistics on that many class-balanced training
+    batches (engine.recalibrate), so every split's features come from the recalibrated backbone.
+    """
     world = World.from_env()
     best = load_best_model(ckpt)
     split_dirs = {split: resolve_split(data, split) for split in splits}
@@ -60,11 +64,12 @@ def extract(ckpt: str, data: str, splits: list[str], out: str, decoder: str = "d
     if starts_group:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     with process_group_closed_at_exit() if starts_group else nullcontext():
-        return _extract_splits(best, split_dirs, counts, world, out, ckpt, data, decoder, batch_size, workers)
+        return _extract_splits(best, split_dirs, counts, world, out, ckpt, data, decoder, batch_size, workers,
+                               bn_batches, seed)
 
 
 def _extract_splits(best: dict, split_dirs: dict, counts: dict, world: World, out: str, ckpt: str, data: str,
-                    decoder: str, batch_size: int, workers: int) -> dict:
+                    decoder: str, batch_size: int, workers: int, bn_batches: int = 0, seed: int = 0) -> dict:
     """The body of extract once the process group (if any) is up; returns the index."""
     model = build_model(best["arch"], best["num_classes"], best["small_input"], best.get("head", "linear"),
                         best.get("cosine_scale"))
@@ -75,6 +80,9 @@ def _extract_splits(best: dict, split_dirs: dict, counts: dict, world: World, ou
     os.makedirs(out, exist_ok=True)
     info = {"ckpt": ckpt, "data": data, "arch": best["arch"], "feature_dim": model.feature_dim,
             "num_classes": best["num_classes"], "best_epoch": best.get("epoch"), "splits": {}}
+    if bn_batches:
+        info["bn_recalibrate"] = _recalibrate(model, ckpt, data, best, world, decoder, batch_size, workers,
+                                              bn_batches, seed)
     for split, split_dir in split_dirs.items():
         started = time.perf_counter()
         num_samples = int(counts[split].sum())
@@ -96,6 +104,23 @@ def _extract_splits(best: dict, split_dirs: dict, counts: dict, world: World, ou
         store.write_classifier(out, weight, bias, np.asarray(best["train_counts"]), best["class_names"])
         store.write_index(out, info)
     return info
+
+
+def _recalibrate(model, ckpt: str, data: str, best: dict, world: World, decoder: str, batch_size: int,
+                 workers: int, bn_batches: int, seed: int) -> dict:
+    """Class-balanced BN re-estimation with the stage-1 run's TRAINING preset; returns what was done."""
+    from lt_dist.engine.classifier import stage1_settings
+    from lt_dist.engine.recalibrate import recalibrate_bn
+
+    train_dir = resolve_split(data, "train")
+    size = best.get("image_size")
+    name = stage1_settings(ckpt).get("train_preset", "imagenet_train")
+    preset = get_preset(name, **({"size": size} if size else {}))
+    ran = recalibrate_bn(model, train_dir, load_manifest(train_dir).samples_per_class, preset, decoder,
+                         bn_batches, batch_size, workers, seed, world)
+    if world.is_main:
+        print(f"BN statistics re-estimated on {ran} class-balanced batches of {batch_size} ({name}) per process")
+    return {"sampler": "class", "batches": bn_batches, "batch_size": batch_size, "train_preset": name, "seed": seed}
 
 
 def _write_parts(out: str, split: str, split_dir: str, world: World, rows, labels, features) -> None:
