@@ -79,8 +79,8 @@ def recalibrated(folder: str) -> dict:
     table_csv = os.path.join(results, "table.csv")
     if not os.path.exists(table_csv):
         shutil.rmtree(features, ignore_errors=True)
-        fashion_lt.run_logged([os.path.join(fashion_lt.BIN, "lt_dist"), "extract", "--ckpt", os.path.join(folder, "run"),
-                               "--data", fashion_lt.SHARDS, "--out", features, "--workers", "1",
+        fashion_lt.run_logged([os.path.join(fashion_lt.BIN, "lt_dist"), "extract",
+                               "--ckpt", os.path.join(folder, "run"), "--data", fashion_lt.SHARDS, "--out", features, "--workers", "1",
                                "--bn-recalibrate", "class"], os.path.join(folder, "extract-bnrecal.log"))
         fashion_lt.run_logged([sys.executable, "tune/search_stage2.py", "--features", features, "--out", results,
                                "--num-cpus", "2", "--methods", ",".join(METHODS)],

@@ -8,6 +8,8 @@ stage-1 rows, the learning rate held per epoch on 0.5 lr (1 + cos(pi t / T)).
 """
 import json
 import math
+import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -64,13 +66,24 @@ def stage1(tmp_path_factory):
     return root
 
 
+def environment() -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def launch(stage1, out, *extra, procs: int = 1):
     """procs 1: a plain process (fast); more: the DeepSpeed launcher with gloo."""
-    from test_train_repr import environment, free_port
-
     start = [sys.executable] if procs == 1 else [str(LAUNCHER), "--num_gpus", str(procs), "--master_port",
                                                  str(free_port())]
-    command = [*start, str(SCRIPT), "--ds_config", str(stage1 / "ds.json"), "--init", str(stage1 / "run"), "--data", str(stage1 / "ds"),
+    command = [*start, str(SCRIPT), "--ds_config", str(stage1 / "ds.json"), "--init", str(stage1 / "run"),
+               "--data", str(stage1 / "ds"),
                "--out", str(out), "--decoder", "torchvision", "--workers", "0", "--eval-batch-size", "8",
                "--log-every", "1", *map(str, extra)]
     result = subprocess.run(command, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=900)

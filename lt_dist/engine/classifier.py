@@ -243,7 +243,8 @@ def _train_and_test(config: ClassifierConfig, settings: TrainConfig, model: Froz
         say(f"epoch {epoch}: loss {summary['loss']:.4f}, val all {scores['all']:.2f} many {scores['many']:.2f} "
             f"medium {scores['medium']:.2f} few {scores['few']:.2f}")
         if world.is_main:
-            append_per_class(os.path.join(config.out, "val_per_class.csv"), epoch, metrics, counts, facts["class_names"])
+            append_per_class(os.path.join(config.out, "val_per_class.csv"), epoch, metrics, counts,
+                             facts["class_names"])
         if scores["all"] > best["val_all"]:  # the official loop keeps the best-on-val epoch too
             best = {"val_all": scores["all"], "epoch": epoch, "val": scores}
             if world.is_main:

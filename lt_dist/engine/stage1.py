@@ -72,8 +72,9 @@ def _preset(name: str, size: int | None, **overrides):
 def build_loaders(config: TrainConfig, facts: dict, world: World, micro_batch: int):
     """(train BalancedLoader, val loader, test loader or None)."""
     sampler = SamplerConfig(config.sampler, config.seed, config.epochs, "pad", None, config.sampler_draw)
-    train = BalancedLoader(LoaderConfig(facts["train_dir"], micro_batch, _preset(config.train_preset, config.image_size,
-                                                                  **({"color_jitter": 0.0} if config.no_jitter else {})),
+    jitter_off = {"color_jitter": 0.0} if config.no_jitter else {}
+    train = BalancedLoader(LoaderConfig(facts["train_dir"], micro_batch,
+                                        _preset(config.train_preset, config.image_size, **jitter_off),
                                         sampler, config.decoder, config.workers), world, facts["counts"])
 
     def sequential(split_dir: str | None):
