@@ -5,9 +5,9 @@ bench/fashion_lt.py (trained here if missing, same folder layout):
     (a) eval features      lt_dist extract + tune/search_stage2.py (cRT, LWS; lr chosen on val)
     (d) through backbone   launch/train_classifier.py --method crt|lws, --bn update (official)
     (d') same, --bn frozen the stage-1 BN statistics kept
+    (b) 10 augmented views  lt_dist extract --train-views 10, then the same search
+    (c) (b) + BN recalibration   ... --train-views 10 --bn-recalibrate class
     (c') eval features after `lt_dist extract --bn-recalibrate class` (no augmented views)
-Rows (b) K augmented views and (c) (b) + recalibration need `lt_dist extract
---train-views`, which does not exist yet: they print "-".
 Test top-1 % (Many/Medium/Few/All), mean ± std over the seeds; writes
 bench/results/stage2_protocols.json. Long: about 7 min of stage 1 per seed on 2 CPU
 cores plus a few minutes per stage-2 run.
@@ -33,9 +33,9 @@ GROUPS = ("many", "medium", "few", "all")
 # row key -> (label, train_classifier.py arguments or None for the cached-feature search)
 PROTOCOLS = {
     "features": ("(a) eval features", None),
-    "views": ("(b) 10 augmented views", "missing"),
-    "views_bn": ("(c) (b) + BN recalibration", "missing"),
-    "recalibrated": ("(c') eval features, BN recalibrated", "recalibrate"),
+    "views": ("(b) 10 augmented views", ["--train-views", "10"]),
+    "views_bn": ("(c) (b) + BN recalibration", ["--train-views", "10", "--bn-recalibrate", "class"]),
+    "recalibrated": ("(c') eval features, BN recalibrated", ["--bn-recalibrate", "class"]),
     "backbone": ("(d) through the backbone, BN update", ["--bn", "update"]),
     "backbone_frozen": ("(d') through the backbone, BN frozen", ["--bn", "frozen"]),
 }
@@ -73,18 +73,18 @@ def through_backbone(folder: str, method: str, extra: list[str], seed: int) -> d
     return {g: float(values[g]) for g in GROUPS}
 
 
-def recalibrated(folder: str) -> dict:
-    """cRT and LWS on features extracted after class-balanced BN re-estimation (skips a finished run)."""
-    features, results = os.path.join(folder, "features-bnrecal"), os.path.join(folder, "results-bnrecal")
+def cached(folder: str, key: str, extract_args: list[str]) -> dict:
+    """cRT and LWS on features extracted with extra `lt_dist extract` arguments (skips a finished run)."""
+    features, results = os.path.join(folder, f"features-{key}"), os.path.join(folder, f"results-{key}")
     table_csv = os.path.join(results, "table.csv")
     if not os.path.exists(table_csv):
         shutil.rmtree(features, ignore_errors=True)
         fashion_lt.run_logged([os.path.join(fashion_lt.BIN, "lt_dist"), "extract",
-                               "--ckpt", os.path.join(folder, "run"), "--data", fashion_lt.SHARDS, "--out", features, "--workers", "1",
-                               "--bn-recalibrate", "class"], os.path.join(folder, "extract-bnrecal.log"))
+                               "--ckpt", os.path.join(folder, "run"), "--data", fashion_lt.SHARDS, "--out", features,
+                               "--workers", "1", *extract_args], os.path.join(folder, f"extract-{key}.log"))
         fashion_lt.run_logged([sys.executable, "tune/search_stage2.py", "--features", features, "--out", results,
                                "--num-cpus", "2", "--methods", ",".join(METHODS)],
-                              os.path.join(folder, "stage2-bnrecal.log"))
+                              os.path.join(folder, f"stage2-{key}.log"))
     return {m: fashion_lt.read_table(table_csv)[m] for m in METHODS}
 
 
@@ -96,11 +96,13 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
     table_csv = os.path.join(folder, "results", "table.csv")
     if not os.path.exists(table_csv):
         fashion_lt.stage2(folder)
-    cached = fashion_lt.read_table(table_csv)
-    rows = {"features": {m: cached[m] for m in METHODS}, "recalibrated": recalibrated(folder)}
+    plain = fashion_lt.read_table(table_csv)
+    rows = {"features": {m: plain[m] for m in METHODS}}
     for key, (_, extra) in PROTOCOLS.items():
-        if isinstance(extra, list):
+        if key.startswith("backbone"):
             rows[key] = {m: through_backbone(folder, m, extra, seed) for m in METHODS}
+        elif extra is not None:
+            rows[key] = cached(folder, key, extra)
     return rows
 
 

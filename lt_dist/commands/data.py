@@ -89,7 +89,11 @@ def _add_extract(subparsers) -> None:
                         "official stage 2 leaves them")
     parser.add_argument("--bn-batches", type=int, default=100,
                         help="batches of --batch-size per process for --bn-recalibrate class")
-    parser.add_argument("--seed", type=int, default=0, help="sampling and augmentation of --bn-recalibrate")
+    parser.add_argument("--train-views", type=int, default=0,
+                        help="also store K passes over train with the training augmentation (train.viewNNN.arrow, "
+                        "4 x feature-dim bytes per sample per view); the trained stage-2 methods walk one per epoch")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="sampling and augmentation of --bn-recalibrate and --train-views")
     parser.set_defaults(run=run_extract)
 
 
@@ -103,7 +107,11 @@ def run_extract(args) -> int:
         raise UserInputError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.bn_batches < 1:
         raise UserInputError(f"--bn-batches must be >= 1, got {args.bn_batches}")
+    if args.train_views < 0:
+        raise UserInputError(f"--train-views must be >= 0, got {args.train_views}")
+    if args.train_views and "train" not in splits:
+        raise UserInputError("--train-views needs the train split among --split")
     bn_batches = args.bn_batches if args.bn_recalibrate == "class" else 0
     extract(args.ckpt, args.data, splits, args.out, args.decoder, args.batch_size, args.workers, bn_batches,
-            args.seed)
+            args.seed, args.train_views)
     return 0

@@ -107,6 +107,23 @@ def read_classifier(folder: str) -> dict:
             "cosine_scale": index.get("cosine_scale") if index.get("head") == "cosine" else None}
 
 
+def read_train_views(folder: str) -> tuple[np.ndarray, ...]:
+    """The (N, D) matrices of train.view000.arrow, train.view001.arrow, ... (memory-mapped; () if none).
+
+    Each must hold train.arrow's rows in the same order (both are sorted by manifest row)."""
+    names = sorted(name for name in os.listdir(folder) if name.startswith("train.view") and name.endswith(".arrow"))
+    if not names:
+        return ()
+    train_rows = _read_ipc(os.path.join(folder, "train.arrow")).column("row").to_numpy()
+    views = []
+    for name in names:
+        table = _read_ipc(os.path.join(folder, name))
+        if not np.array_equal(table.column("row").to_numpy(), train_rows):
+            raise UserInputError(f"{os.path.join(folder, name)!r} does not hold train.arrow's rows: extract again")
+        views.append(_matrix(table.column("feature")))
+    return tuple(views)
+
+
 def load_features(folder: str, splits: tuple[str, ...] = ("train", "val", "test")) -> tuple[dict, dict]:
     """({split: StoredSplit} for the splits present, classifier), checked against each other.
 

@@ -94,8 +94,10 @@ def train_head(param_groups: list[dict], logits_fn: Callable[[torch.Tensor], tor
         for group in optimizer.param_groups:
             group["lr"] = (cosine_lr(config.lr, step // per_epoch, config.epochs) if config.lr_schedule == "epoch"
                            else cosine_lr(config.lr, step, total))
+        # augmented views (extract --train-views): epoch e reads view e % K; else the eval features
+        source = train.views[(step // per_epoch) % len(train.views)] if train.views else train.features
         # fancy indexing copies: torch never sees the read-only memory-mapped matrix
-        features = torch.from_numpy(train.features[rows])
+        features = torch.from_numpy(source[rows])
         loss = F.cross_entropy(logits_fn(features), torch.from_numpy(train.labels[rows]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -27,10 +27,14 @@ class FeatureSplit:
 
     features: np.ndarray  # (N, D) float32
     labels: np.ndarray  # (N,) int64, 0 .. C-1
+    views: tuple = ()  # K (N, D) augmented versions of `features`, same rows; trained heads use view e % K in epoch e
 
     def __post_init__(self) -> None:
         self.features = np.asarray(self.features, dtype=np.float32)
         self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.views = tuple(np.asarray(view, dtype=np.float32) for view in self.views)
+        if any(view.shape != self.features.shape for view in self.views):
+            raise ValueError(f"every view must have the features' shape {self.features.shape}")
         if self.features.ndim != 2 or self.labels.shape != (len(self.features),):
             raise ValueError(f"need features (N, D) and labels (N,), got {self.features.shape} "
                              f"and {self.labels.shape}")
