@@ -59,6 +59,7 @@ SEARCH_SPACE: dict[str, list[dict]] = {
     "joint": [{}],
     "ncm": [{"metric": metric} for metric in ("l2", "cos")],
     "tau_norm": [{"tau": round(0.1 * i, 1)} for i in range(21)],  # the official grid 0.0 .. 2.0
+    # The cRT/LWS lr grids are lt-dist's own (the paper fixes lr 0.2); only the tau grid is official.
     "crt": [{"lr": lr} for lr in (0.05, 0.2, 0.8)],
     "lws": [{"lr": lr} for lr in (0.05, 0.2, 0.8)],
     "learned_tau": [{"lr": 0.2}],
