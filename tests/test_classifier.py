@@ -192,3 +192,17 @@ def test_as_classifier_is_the_trained_model():
     assert isinstance(model, FrozenBackbone)
     images = torch.randn(2, 3, 16, 16)
     assert torch.equal(model(images), model.as_classifier()(images))
+
+
+def test_loader_settings_inherit_the_stage1_recipe(tmp_path):
+    from lt_dist.engine.classifier import ClassifierConfig, loader_settings
+
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"train_preset": "inat_train", "no_jitter": True}}))
+    best = {"arch": "resnet50", "small_input": False, "image_size": 192, "eval_preset": "inat_eval"}
+    settings = loader_settings(ClassifierConfig(init=str(tmp_path), data="d", out="o", method="lws"), best)
+    assert (settings.sampler, settings.epochs, settings.train_preset, settings.eval_preset, settings.image_size,
+            settings.no_jitter, settings.arch) == ("class", 5, "inat_train", "inat_eval", 192, True, "resnet50")
+    override = ClassifierConfig(init=str(tmp_path / "best_model.pt"), data="d", out="o", epochs=3,
+                                train_preset="imagenet_train")
+    assert (loader_settings(override, best).epochs, loader_settings(override, best).train_preset) == (3,
+                                                                                                   "imagenet_train")

@@ -158,14 +158,15 @@ def stage1_settings(init: str) -> dict:
 
 def loader_settings(config: ClassifierConfig, best: dict) -> TrainConfig:
     """Stage 1's run settings for this run's loaders and checkpoints: class-balanced sampling,
-    presets and crop size inherited from the stage-1 run unless given."""
+    presets, crop size and --no-jitter inherited from the stage-1 run unless given."""
     before = stage1_settings(config.init)
     image_size = config.image_size if config.image_size is not None else best.get("image_size")
     return TrainConfig(data=config.data, out=config.out, arch=best["arch"], small_input=best["small_input"],
                        sampler="class", epochs=config.epochs or METHOD_EPOCHS[config.method], seed=config.seed,
                        train_preset=config.train_preset or before.get("train_preset", "imagenet_train"),
                        eval_preset=config.eval_preset or best.get("eval_preset", "imagenet_eval"),
-                       image_size=image_size, decoder=config.decoder, workers=config.workers,
+                       image_size=image_size, no_jitter=bool(before.get("no_jitter", False)),
+                       decoder=config.decoder, workers=config.workers,
                        ckpt_every=config.ckpt_every, keep_checkpoints=config.keep_checkpoints,
                        log_every=config.log_every, resume=config.resume, eval_batch_size=config.eval_batch_size)
 
