@@ -206,3 +206,15 @@ def test_loader_settings_inherit_the_stage1_recipe(tmp_path):
                                 train_preset="imagenet_train")
     assert (loader_settings(override, best).epochs, loader_settings(override, best).train_preset) == (3,
                                                                                                    "imagenet_train")
+
+
+def test_a_cosine_stage2_model_reloads_as_extract_rebuilds_it(tmp_path):
+    best = stage1_best()
+    payload = {"state_dict": best["model"].state_dict(), **best["info"]}
+    model = build_frozen_model(payload, "cosine", "update", seed=1).eval()
+    save_best_model(str(tmp_path), model.as_classifier(), {})
+    saved = torch.load(tmp_path / "best_model.pt", weights_only=False)["state_dict"]
+    rebuilt = build_model("resnet10", len(COUNTS), True, "cosine", 16.0).eval()
+    rebuilt.load_state_dict(saved)
+    images = torch.randn(3, 3, 16, 16)
+    assert torch.equal(rebuilt(images), model(images)) and float(saved["fc.scale"]) == 16.0
