@@ -3,7 +3,7 @@
 The fixture is a 10-class long-tailed set of about 2,200 "ReLU features" that share a
 large positive component (as a CNN's do), counts 800 down to 16, classes separable.
 At batch 512 an epoch is 5 steps, 10 epochs 50 steps: too few for a cosine head that
-starts from random rows. The floor (50 steps per epoch) shrinks the batch instead.
+starts from random rows. The floor (500 steps in all) shrinks the batch instead.
 """
 import numpy as np
 import pytest
@@ -38,12 +38,12 @@ def per_class_accuracy(predictor, split):
     return np.array([(predictions[split.labels == j] == j).mean() for j in range(len(COUNTS))])
 
 
-def test_the_floor_shrinks_the_batch_only_when_an_epoch_is_short():
-    assert batch_for_steps(115_846, 512, 50) == 512  # ImageNet-LT: 226 steps per epoch already
-    assert batch_for_steps(2_181, 512, 50) == 43  # 2181 // 50
-    assert batch_for_steps(30, 512, 50) == 1
-    assert batch_for_steps(2_181, 512, 0) == 512  # 0: off
-    with pytest.raises(ValueError, match="min_steps_per_epoch"):
+def test_the_floor_shrinks_the_batch_only_when_training_is_short():
+    assert batch_for_steps(115_846 * 10, 512, 500) == 512  # ImageNet-LT cRT: 2,260 steps already
+    assert batch_for_steps(2_181 * 10, 512, 500) == 43  # 21810 // 500
+    assert batch_for_steps(30, 512, 500) == 1
+    assert batch_for_steps(2_181 * 10, 512, 0) == 512  # 0: off
+    with pytest.raises(ValueError, match="min_steps"):
         batch_for_steps(10, 512, -1)
 
 
@@ -51,5 +51,5 @@ def test_the_cosine_classifier_learns_every_class_with_the_floor_and_not_without
     train, test, joint = splits
     with_floor = per_class_accuracy(fit_method("cosine", train, joint, {"threads": 1}), test)
     assert with_floor.min() >= 0.7, with_floor
-    without = per_class_accuracy(fit_method("cosine", train, joint, {"threads": 1, "min_steps_per_epoch": 0}), test)
+    without = per_class_accuracy(fit_method("cosine", train, joint, {"threads": 1, "min_steps": 0}), test)
     assert without.min() < 0.3, without  # 50 steps in all: some class is never predicted

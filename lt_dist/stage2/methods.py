@@ -34,12 +34,12 @@ Method = Callable[[FeatureSplit, StageOneClassifier, dict, int], Predictor]
 # Official configs (classifier-balancing, ImageNet-LT): cRT 10 epochs, LWS 5, both SGD
 # lr 0.2, momentum 0.9, weight decay 5e-4 (LWS decays its scales too), cosine to 0, batch 512.
 # lt-dist's additions: lr_schedule "step" (cosine every step) or "epoch" (held per epoch, as the
-# official scheduler); min_steps_per_epoch: the batch shrinks to floor(n / m) when n / 512 would
-# give fewer than m optimizer steps per epoch (ImageNet-LT has 226 at 512: unchanged). It is 50
+# official scheduler); min_steps: the batch shrinks to floor(n * epochs / m) when batch 512 would
+# give fewer than m optimizer steps in all (ImageNet-LT's cRT has 2,260: unchanged). It is 500
 # for the heads that start from random weights (crt, cosine), so small datasets still get enough
-# optimisation; 0 (off) for lws and learned_tau, which start at the stage-1 classifier. 0 disables.
-_SGD = {"lr": 0.2, "batch_size": 512, "momentum": 0.9, "lr_schedule": "step", "min_steps_per_epoch": 0}
-_FRESH = {**_SGD, "min_steps_per_epoch": 50}
+# optimisation; 0 (off) for lws and learned_tau, which start at the stage-1 classifier.
+_SGD = {"lr": 0.2, "batch_size": 512, "momentum": 0.9, "lr_schedule": "step", "min_steps": 0}
+_FRESH = {**_SGD, "min_steps": 500}
 DEFAULT_PARAMS: dict[str, dict] = {
     "joint": {},
     "ncm": {"metric": "l2"},
@@ -82,8 +82,8 @@ def resolve_params(method: str, params: dict | None) -> dict:
 def _train(params: dict, groups: list[dict], logits_fn, train: FeatureSplit, num_classes: int, seed: int) -> None:
     """train_head with the method's optimisation params, under the requested thread count."""
     config = TrainConfig(epochs=int(params["epochs"]),
-                         batch_size=batch_for_steps(len(train.labels), int(params["batch_size"]),
-                                                    int(params["min_steps_per_epoch"])),
+                         batch_size=batch_for_steps(len(train.labels) * int(params["epochs"]),
+                                                    int(params["batch_size"]), int(params["min_steps"])),
                          lr=float(params["lr"]), momentum=float(params["momentum"]),
                          lr_schedule=str(params["lr_schedule"]))
     with torch_threads(params["threads"]):

@@ -61,14 +61,14 @@ def steps_per_epoch(num_rows: int, batch_size: int) -> int:
     return -(-num_rows // batch_size)
 
 
-def batch_for_steps(num_rows: int, batch_size: int, min_steps_per_epoch: int) -> int:
-    """The batch size that gives an epoch of num_rows samples at least min_steps_per_epoch steps:
-    min(batch_size, max(1, num_rows // min_steps_per_epoch)); min_steps_per_epoch 0 keeps batch_size."""
-    if min_steps_per_epoch < 0:
-        raise ValueError(f"min_steps_per_epoch must be >= 0, got {min_steps_per_epoch}")
-    if min_steps_per_epoch == 0:
+def batch_for_steps(num_samples: int, batch_size: int, min_steps: int) -> int:
+    """The batch size that spreads num_samples (rows x epochs) over at least min_steps optimizer steps:
+    min(batch_size, max(1, num_samples // min_steps)); min_steps 0 keeps batch_size."""
+    if min_steps < 0:
+        raise ValueError(f"min_steps must be >= 0, got {min_steps}")
+    if min_steps == 0:
         return batch_size
-    return min(batch_size, max(1, num_rows // min_steps_per_epoch))
+    return min(batch_size, max(1, num_samples // min_steps))
 
 
 def cosine_lr(peak: float, step: int, total_steps: int) -> float:
