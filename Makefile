@@ -11,11 +11,12 @@ DEMO_SHARDS := shards/fashion_mnist_lt
 DEMO_RUN := runs/demo
 DEMO_FEATURES := features/demo
 DEMO_RESULTS := results/demo
+DEMO_MODEL := model/demo
 DEMO_EPOCHS ?= 20
 # Where DeepSpeed caches its JIT-compiled ops between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: help setup demo-data browser demo test test-all bench bench-fashion-lt clean
+.PHONY: help setup demo-data browser nginx demo test test-all bench bench-remote bench-fashion-lt gpu-wheels clean
 
 help:
 	@echo "make demo   set up, then the whole pipeline on Fashion-MNIST-LT: pack, stage 1 with"
@@ -24,6 +25,7 @@ help:
 	@echo "make test-all   the whole suite, slow multi-process tests included"
 	@echo "make bench  run the benchmarks under bench/ (tables + bench/results/*.json)"
 	@echo "make bench-fashion-lt   the seeds x samplers table of the README (about an hour)"
+	@echo "make gpu-wheels   what bench/gpu_check.py needs on a bare GPU machine, in gpu-wheels/"
 
 setup: $(VENV)/.installed-$(EXTRAS)
 
@@ -58,7 +60,9 @@ demo: setup demo-data
 	$(BIN)/lt_dist extract --ckpt $(DEMO_RUN) --data $(DEMO_SHARDS) --out $(DEMO_FEATURES) --workers 1
 	$(BIN)/python tune/search_stage2.py --features $(DEMO_FEATURES) --out $(DEMO_RESULTS) --num-cpus 2
 	$(BIN)/lt_dist report $(DEMO_RESULTS)
-	@echo "open $(DEMO_RESULTS)/report.html in a browser"
+	$(BIN)/lt_dist export --run $(DEMO_RUN) --results $(DEMO_RESULTS) --method crt --out $(DEMO_MODEL) --format onnx
+	$(BIN)/lt_dist evaluate $(DEMO_MODEL) --data $(DEMO_SHARDS) --split test --workers 1
+	@echo "open $(DEMO_RESULTS)/report.html in a browser; the cRT model is in $(DEMO_MODEL)/"
 
 # Headless Chromium for the report test (Debian's package; needs root, as CI runs).
 browser:
@@ -68,11 +72,20 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "chromium not found: the report test will be skipped (install Debian's chromium)"; fi
 
+# Debian's nginx serves packed datasets over HTTP to the remote-storage tests (started by
+# the tests themselves on 127.0.0.1; needs root to install, as CI runs).
+nginx:
+	@if command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's nginx for the remote-storage tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; \
+	else echo "nginx not found: the HTTP storage tests will be skipped (install Debian's nginx)"; fi
+
 # The default run keeps one test of each kind; the slowest (marked slow) run in test-all.
-test: setup demo-data browser
+test: setup demo-data browser nginx
 	FMNIST_DIR=$(FMNIST_DIR) $(BIN)/python -m pytest -q -m "not slow"
 
-test-all: setup demo-data browser
+test-all: setup demo-data browser nginx
 	FMNIST_DIR=$(FMNIST_DIR) $(BIN)/python -m pytest -q
 
 bench: EXTRAS = all
@@ -83,9 +96,39 @@ bench: setup demo-data
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/stage2.py
 
+# The loader from local disk vs nginx on loopback (cold / warm cache, 20 ms per request).
+bench-remote: EXTRAS = all
+bench-remote: setup demo-data nginx
+	$(BIN)/python bench/remote.py
+
 # About an hour on 2 cores: the demo pipeline over 3 seeds and 4 stage-1 samplers/losses.
 bench-fashion-lt: setup demo-data
 	$(BIN)/python bench/fashion_lt.py --epochs 12
+
+# What a bare GPU machine (Python 3.12 with torch, numpy, tqdm; no network) lacks for
+# bench/gpu_check.py, as Python 3.12 manylinux x86_64 wheels in gpu-wheels/ (ignored by
+# git, carried to that machine): DeepSpeed, built here from its sdist without ops (a
+# pure-Python wheel), its small needs at the versions tested here, and the two photos
+# the check cuts its JPEGs from. Refused above 40 MiB. See docs/BENCHMARKS.md.
+GPU_WHEELS := gpu-wheels
+GPU_WHEEL_DEPS := einops==0.8.2 hjson==3.1.0 msgpack==1.2.4 ninja==1.13.2 psutil==7.2.2 py-cpuinfo==9.0.0 \
+	pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-extensions==4.16.0 \
+	typing-inspection==0.4.5 packaging==26.4
+GPU_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 \
+	manylinux_2_12_x86_64 manylinux2010_x86_64,--platform $(p))
+
+gpu-wheels: setup
+	rm -rf $(GPU_WHEELS).tmp && mkdir -p $(GPU_WHEELS).tmp/photos
+	DS_BUILD_OPS=0 $(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w $(GPU_WHEELS).tmp deepspeed==0.19.8
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--abi cp312 $(GPU_PLATFORMS) -d $(GPU_WHEELS).tmp $(GPU_WHEEL_DEPS)
+	$(BIN)/python -c "import os, shutil, sklearn.datasets as d; \
+		[shutil.copy(os.path.join(os.path.dirname(d.__file__), 'images', n), '$(GPU_WHEELS).tmp/photos') \
+		 for n in ('china.jpg', 'flower.jpg')]"
+	@kib=$$(du -sk $(GPU_WHEELS).tmp | cut -f1); if [ $$kib -gt 40960 ]; then \
+		echo "gpu-wheels: $$kib KiB is over the 40 MiB a device call may carry"; exit 1; fi
+	rm -rf $(GPU_WHEELS) && mv $(GPU_WHEELS).tmp $(GPU_WHEELS)
+	@du -sh $(GPU_WHEELS); ls $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache test-artifacts

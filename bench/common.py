@@ -88,21 +88,33 @@ def random_photo(rng: np.random.Generator, photos: list[np.ndarray]):
     return image.resize((width, height), Image.Resampling.BICUBIC)
 
 
+def load_photos(folder: str | None = None) -> list[np.ndarray]:
+    """china.jpg and flower.jpg as uint8 (H, W, 3): from scikit-learn, or from `folder`
+    (a copy of them, e.g. `make gpu-wheels`' gpu-wheels/photos/ for a machine without scikit-learn)."""
+    if folder is None:
+        from sklearn.datasets import load_sample_images
+
+        return list(load_sample_images().images)
+    from PIL import Image
+
+    names = ("china.jpg", "flower.jpg")
+    return [np.asarray(Image.open(os.path.join(folder, name)).convert("RGB")) for name in names]
+
+
 def photo_folder(num_images: int = 2000, num_classes: int = 20, imbalance: float = 10.0,
-                 seed: int = 0, quality: int = 90) -> str:
+                 seed: int = 0, quality: int = 90, photos: list[np.ndarray] | None = None,
+                 data_dir: str = DATA_DIR) -> str:
     """A cached folder ROOT/<class>/<image>.jpg of long-tailed JPEGs cut from scikit-learn's photos.
 
-    The photos are china.jpg and flower.jpg (sklearn.datasets.load_sample_images). The
-    folder is built under a temporary name and renamed when complete, so an existing
-    folder is always whole. Returns its path.
+    The photos are china.jpg and flower.jpg (load_photos(); `photos` passes them in).
+    The folder, under data_dir, is built under a temporary name and renamed when
+    complete, so an existing folder is always whole. Returns its path.
     """
     name = f"photos-n{num_images}-c{num_classes}-imb{imbalance:g}-q{quality}-seed{seed}"
-    root = os.path.join(DATA_DIR, name)
+    root = os.path.join(data_dir, name)
     if os.path.isdir(root):
         return root
-    from sklearn.datasets import load_sample_images
-
-    photos = list(load_sample_images().images)
+    photos = load_photos() if photos is None else photos
     rng = np.random.default_rng(seed)
     temp = root + ".tmp"
     shutil.rmtree(temp, ignore_errors=True)  # left by an interrupted run

@@ -118,9 +118,9 @@ def train(folder: str, config: str, seed: int, epochs: int) -> None:
 
 
 def stage2(folder: str) -> None:
-    """Extract features (unless features.json exists), then the stage-2 search from scratch."""
+    """Extract features (unless classifier.arrow, written last, exists), then the stage-2 search from scratch."""
     features, results = os.path.join(folder, "features"), os.path.join(folder, "results")
-    if not os.path.exists(os.path.join(features, "features.json")):
+    if not os.path.exists(os.path.join(features, "classifier.arrow")):
         shutil.rmtree(features, ignore_errors=True)
         run_logged([os.path.join(BIN, "lt_dist"), "extract", "--ckpt", os.path.join(folder, "run"),
                     "--data", SHARDS, "--out", features, "--workers", "1"], os.path.join(folder, "extract.log"))

@@ -8,11 +8,15 @@ Optimiser, batch sizes and precision come from ds.json; everything else from fla
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 
-from lt_dist.config import TrainConfig
-from lt_dist.errors import UserInputError
+from lt_dist.config import TrainConfig, validate
+from lt_dist.engine.ds import load_ds_config
+from lt_dist.errors import OneLineArgumentParser, UserInputError
+from lt_dist.optional import default_decoder
+from lt_dist.storage.settings import add_storage_flags, export_storage_flags
 
 
 def _loss_param(text: str) -> tuple[str, float | bool]:
@@ -22,20 +26,24 @@ def _loss_param(text: str) -> tuple[str, float | bool]:
     if value.lower() in ("true", "false"):
         return name, value.lower() == "true"
     try:
-        return name, float(value)
+        number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--loss-param {name}: {value!r} is not a number or true/false") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"--loss-param {name}: {value!r} is not a finite number")
+    return name, number
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """Flags of stage 1 (reusable by wrappers); defaults from docs/METHOD.md for ImageNet-LT."""
     defaults = TrainConfig(data="", out="")
-    parser = argparse.ArgumentParser(description=__doc__, add_help=add_help,
+    parser = OneLineArgumentParser(prog="train_repr", description=__doc__, add_help=add_help,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     arg = parser.add_argument
     arg("--ds_config", "--ds-config", dest="ds_config", default="launch/ds.json",
         help="DeepSpeed config: batch sizes, SGD, bf16, ZeRO (default: %(default)s)")
-    arg("--data", required=True, help="packed dataset shards/NAME with train/ and val/ (test/ used once at the end)")
+    arg("--data", required=True, help="packed dataset shards/NAME with train/ and val/ (test/ used once at the end); "
+        "or its URL: s3://B/P/NAME, gs://..., http(s)://... (read through the node-local cache)")
     arg("--out", required=True, help="run folder runs/NAME: checkpoints/, log.jsonl, tb/, config.json, metrics")
     arg("--arch", default=defaults.arch, help="backbone: resnet10/18/50/101/152, resnext50/101/152_32x4d "
         "(default: %(default)s)")
@@ -62,8 +70,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="start the backbone from a state dict: a best_model.pt or a torchvision ResNet/ResNeXt "
         "state dict (its classifier is skipped); e.g. ImageNet-pretrained ResNet-152 for Places-LT")
     arg("--image-size", type=int, help="crop size of both presets (e.g. 28 for Fashion-MNIST)")
-    arg("--decoder", default=defaults.decoder, choices=("dali", "torchvision"),
-        help="dali (GPU 'mixed' when CUDA is there, else CPU) or torchvision (default: %(default)s)")
+    arg("--decoder", default=default_decoder(), choices=("dali", "torchvision"),
+        help="dali (GPU 'mixed' when CUDA is there, else CPU) or torchvision (nvJPEG in batches when CUDA "
+        "is there, else PIL in the loader workers); default: dali where it is installed, else torchvision")
     arg("--workers", type=int, default=defaults.workers, help="loader processes per rank (default: %(default)s)")
     arg("--ckpt-every", type=int, default=defaults.ckpt_every, help="also checkpoint every N optimizer steps")
     arg("--keep-checkpoints", type=int, default=defaults.keep_checkpoints, help="newest checkpoints kept")
@@ -71,6 +80,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     arg("--eval-batch-size", type=int, default=defaults.eval_batch_size, help="per-rank batch for val/test")
     arg("--resume", action="store_true", help="continue from the newest checkpoint in OUT/checkpoints")
     arg("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by launchers
+    add_storage_flags(parser)
     return parser
 
 
@@ -90,12 +100,23 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     # DeepSpeed 0.19's ZeRO calls a torch collective torch 2.14 marks deprecated, once per step
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated")
+    config = config_from_args(args)
+    try:  # numbers and ds.json first: a typo costs no start-up
+        validate(config)
+        load_ds_config(args.ds_config)
+    except ValueError as error:  # UserInputError included
+        print(f"train_repr: error: {error}", file=sys.stderr)
+        return 2
     from lt_dist.engine.stage1 import run_stage1  # after parsing: --help stays fast
 
     try:
-        run_stage1(config_from_args(args), args.ds_config)
+        export_storage_flags(args)  # the loader's worker processes read LT_DIST_* variables
+        run_stage1(config, args.ds_config)
     except UserInputError as error:
         print(f"train_repr: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a file that vanished or a full disk: name the path, no traceback
+        print(f"train_repr: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
         return 2
     return 0
 

@@ -40,25 +40,37 @@ class TrainConfig:
     eval_batch_size: int = 256  # per rank, for val/test
 
 
+# Upper bounds of user-given sizes: beyond them a value is a typo, and honouring it would
+# allocate memory, processes or time in proportion to the number before anything else fails.
+BOUNDS = {"epochs": (1, 10_000), "seed": (0, 2**32 - 1), "workers": (0, 64), "ckpt_every": (0, 10**9),
+          "keep_checkpoints": (1, 1000), "log_every": (1, 10**9), "eval_batch_size": (1, 65_536),
+          "image_size": (8, 4096)}
+
+
+def check_int(name: str, value, low: int, high: int) -> None:
+    """Raise ValueError naming `name` unless value is an int (not a bool) in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be a whole number in [{low}, {high}], got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")
+
+
 def validate(config: TrainConfig) -> None:
     """Raise ValueError naming the first bad field (names of tables are checked where they live)."""
-    checks = [
-        (config.epochs >= 1, f"epochs must be >= 1, got {config.epochs}"),
-        (config.workers >= 0, f"workers must be >= 0, got {config.workers}"),
-        (config.ckpt_every >= 0, f"ckpt_every must be >= 0, got {config.ckpt_every}"),
-        (config.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {config.keep_checkpoints}"),
-        (config.log_every >= 1, f"log_every must be >= 1, got {config.log_every}"),
-        (config.eval_batch_size >= 1, f"eval_batch_size must be >= 1, got {config.eval_batch_size}"),
-        (config.decoder in ("dali", "torchvision"), f"unknown decoder {config.decoder!r}; choose dali or torchvision"),
-        (config.image_size is None or config.image_size >= 8, f"image_size must be >= 8, got {config.image_size}"),
-        (config.head in (None, "linear", "cosine"), f"unknown head {config.head!r}; choose linear or cosine"),
-        # LDAM's margins (up to 0.5) are defined on cosines in [-1, 1]; on raw logits they are not LDAM
-        (not (config.loss == "ldam" and config.head == "linear"),
-         "--loss ldam needs the cosine head: --head linear cannot be combined with --loss ldam"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
+    for name, (low, high) in BOUNDS.items():
+        value = getattr(config, name)
+        if not (name == "image_size" and value is None):
+            check_int(name, value, low, high)
+    if config.decoder not in ("dali", "torchvision"):
+        raise ValueError(f"unknown decoder {config.decoder!r}; choose dali or torchvision")
+    if config.head not in (None, "linear", "cosine"):
+        raise ValueError(f"unknown head {config.head!r}; choose linear or cosine")
+    # LDAM's margins (up to 0.5) are defined on cosines in [-1, 1]; on raw logits they are not LDAM
+    if config.loss == "ldam" and config.head == "linear":
+        raise ValueError("--loss ldam needs the cosine head: --head linear cannot be combined with --loss ldam")
+    for name, value in config.loss_params.items():
+        if not isinstance(value, (bool, int, float)) or value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"loss parameter {name}={value!r} must be a finite number or true/false")
 
 
 def resolve_head(config: TrainConfig) -> tuple[str, float | None]:

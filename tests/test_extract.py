@@ -91,3 +91,34 @@ def test_extract_refuses_a_class_count_mismatch(run_and_data, tmp_path, capsys):
     status, _, err = run_cli(["extract", "--ckpt", root / "run", "--data", tmp_path / "ds", "--out", tmp_path / "f",
                               "--split", "train"], capsys)
     assert status == 2 and "has 2 classes, the checkpoint 3" in err
+
+
+def test_features_record_their_checkpoint_and_refuse_another(run_and_data, single, tmp_path, capsys):
+    """features.json holds best_model.pt's sha256 per split; a second checkpoint cannot add to the folder,
+    and another split of the same checkpoint keeps the ones already there."""
+    import hashlib
+    import shutil
+
+    root, _ = run_and_data
+    sha = hashlib.sha256((root / "run" / "best_model.pt").read_bytes()).hexdigest()
+    index = json.loads((single / "features.json").read_text())
+    assert index["ckpt_sha256"] == sha and {s["ckpt_sha256"] for s in index["splits"].values()} == {sha}
+    other_run = tmp_path / "other"
+    other_run.mkdir()
+    torch.manual_seed(1)
+    save_best_model(str(other_run), build_model("resnet10", 3, small_input=True),
+                    {"arch": "resnet10", "num_classes": 3, "small_input": True, "train_counts": [18, 7, 3],
+                     "class_names": ["a", "b", "c"], "eval_preset": "small_eval", "image_size": 16})
+    folder = tmp_path / "f"
+    shutil.copytree(single, folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    status, _, err = run_cli(["extract", "--ckpt", other_run, "--data", root / "ds", "--out", folder,
+                              "--split", "val"], capsys)
+    assert status == 2 and "features of different checkpoints are never mixed" in err and sha[:12] in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    status, _, _ = run_cli(["extract", "--ckpt", root / "run", "--data", root / "ds", "--out", folder,
+                            "--split", "val", "--decoder", "torchvision", "--workers", "0", "--batch-size", "4"],
+                           capsys)
+    assert status == 0
+    assert set(json.loads((folder / "features.json").read_text())["splits"]) == {"train", "val"}
+    load_features(str(folder))  # provenance agrees

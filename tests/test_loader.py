@@ -104,3 +104,28 @@ def test_empty_manifest_is_refused(tmp_path):
     write_split_index(str(tmp_path), [], [], {"samples_per_class": [], "class_names": []})
     with pytest.raises(ValueError, match="holds no samples"):
         ShardReader(str(tmp_path))
+
+
+def test_torchvision_batches_decoded_in_the_main_process_equal_the_workers_batches(split_dir):
+    """device="cpu" runs the GPU path's code (data.tvbatch) on the CPU: same seeds, same tensors."""
+    preset = get_preset("imagenet_train", size=32)  # jitter on: every draw is exercised
+
+    def batches(device, start=0):
+        config = LoaderConfig(split_dir, 4, preset, SamplerConfig("class", seed=5), "torchvision", 2, device=device)
+        batch_loader = BalancedLoader(config, World())
+        batch_loader.load_state_dict({**batch_loader.state_dict(), "batches_done": start})
+        return list(batch_loader)
+
+    in_workers, in_main = batches(None if not torch.cuda.is_available() else "cpu"), batches("cpu")
+    assert len(in_workers) == len(in_main) > 3
+    for (images, labels), (main_images, main_labels) in zip(in_workers, in_main):
+        assert torch.equal(images, main_images) and torch.equal(labels, main_labels)
+    resumed = batches("cpu", start=3)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(in_main[3:], resumed, strict=True))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_torchvision_decode_device_cuda_without_cuda_is_refused(split_dir):
+    with pytest.raises(ValueError, match="decode device 'cuda' needs CUDA"):
+        BalancedLoader(LoaderConfig(split_dir, 4, get_preset("small_train"), decoder="torchvision", device="cuda"),
+                       World())

@@ -1,7 +1,10 @@
 import json
+import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -103,10 +106,13 @@ def test_idx_long_tailed_subset_with_val_and_rebuild(idx_folder, tmp_path, capsy
 
 
 def test_rerun_of_a_finished_pack_does_nothing(packed, image_folder, capsys):
-    before = {p.name: p.stat().st_mtime_ns for p in packed.iterdir()}
+    def files():  # the lock file is rewritten by every writer; the data is not
+        return {p.name: p.stat().st_mtime_ns for p in packed.iterdir() if p.name != ".lt-dist.lock"}
+
+    before = files()
     status, _, err = pack([image_folder, "--out", packed.parent, "--shard-count", 5], capsys)
     assert status == 0 and "already packed" in err
-    assert {p.name: p.stat().st_mtime_ns for p in packed.iterdir()} == before
+    assert files() == before
 
 
 def test_killed_pack_resumes_without_redoing_finished_shards(tmp_path, capsys):
@@ -196,7 +202,7 @@ def test_output_folder_with_another_dataset_is_refused(packed, image_folder, tmp
     stranger.mkdir(parents=True)
     (stranger / "notes.txt").write_text("mine")
     status, _, err = pack([other, "--out", stranger.parent], capsys)
-    assert status == 2 and "not an lt-dist pack" in err
+    assert status == 2 and "lt-dist did not write" in err
     status, _, err = pack([other, "--out", packed.parent, "--overwrite"], capsys)
     assert status == 0, err
     assert load_manifest(str(packed)).samples_per_class.tolist() == [3, 3]
@@ -205,3 +211,37 @@ def test_output_folder_with_another_dataset_is_refused(packed, image_folder, tmp
 def test_conflicting_inputs_are_refused(image_folder, tmp_path, capsys):
     status, _, err = pack([image_folder, "--idx", tmp_path, "--out", tmp_path / "o"], capsys)
     assert status == 2 and "exactly one input" in err
+
+
+def test_a_killed_worker_ends_the_pack_instead_of_hanging(tmp_path, capsys):
+    """A worker killed mid-pack (OOM killer, kill -9) fails the pack with one line and
+    exit 1; the next run finishes it. (multiprocessing.Pool used to wait forever.)"""
+    images = make_image_folder(tmp_path / "images", [120, 120, 120], size=(64, 48))
+    out = tmp_path / "shards" / "killed"
+    command = [sys.executable, "-m", "lt_dist.cli", "pack", str(images), "--out", str(out), "--workers", "2",
+               "--shard-count", "10", "--no-progress"]
+    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+
+    def spawned_workers() -> list[int]:
+        try:
+            children = open(f"/proc/{process.pid}/task/{process.pid}/children").read().split()
+            return [int(pid) for pid in children if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()]
+        except OSError:  # the pack or a child ended between the two reads
+            return []
+
+    try:
+        deadline = time.time() + 300
+        while not (workers := spawned_workers()) and process.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert workers, "the pack ended before its workers were seen"
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 1, err
+    assert err.strip().splitlines()[-1].startswith("lt_dist pack: a packing process died")
+    status, _, err = pack([images, "--out", out, "--workers", 2, "--shard-count", 10], capsys)
+    assert status == 0, err
+    assert run_cli(["verify", out], capsys)[0] == 0

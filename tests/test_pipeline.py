@@ -100,3 +100,17 @@ def test_report_opens_in_chromium_without_console_errors(pipeline, tmp_path):
     probe = tmp_path / "probe.html"
     probe.write_text("<html><body><script>missingFunction();</script></body></html>")
     assert any("missingFunction" in m for m in browser.open_page(str(probe), str(tmp_path / "probe.png")))
+
+
+def test_exported_model_reproduces_the_search_on_test(pipeline, tmp_path):
+    """As `make demo` ends: export the chosen cRT head with the DeepSpeed-trained backbone (and to ONNX),
+    then `lt_dist evaluate` with extract's decoder (DALI) gives the search's test numbers."""
+    model = tmp_path / "model"
+    run(BIN / "lt_dist", "export", "--run", pipeline["run"], "--results", pipeline["results"], "--method", "crt",
+        "--out", model, "--format", "onnx")
+    assert (model / "model.onnx").stat().st_size > 1_000_000
+    run(BIN / "lt_dist", "evaluate", model, "--data", pipeline["shards"], "--split", "test", "--workers", 0)
+    scores = json.loads((model / "per_class_test.json").read_text())
+    best = json.loads((pipeline["results"] / "best.json").read_text())["crt"]
+    for group in ("many", "medium", "few", "all"):
+        assert scores[group] == pytest.approx(best[f"test_{group}"], abs=1e-9, nan_ok=True), group

@@ -64,6 +64,9 @@ def test_ray_tune_search_picks_on_val_and_writes_the_table(tmp_path):
     assert float(by_method["crt"]["few"]) > float(by_method["joint"]["few"])  # the paper's shape
     assert (out / "tau_curve.png").stat().st_size > 0 and (out / "weight_norms.png").stat().st_size > 0
     assert "| cRT |" in (out / "table.md").read_text()
+    # every chosen classifier is saved for `lt_dist export` (tests/test_export.py checks them)
+    assert sorted(os.listdir(out / "heads")) == sorted(f"{m}.{ext}" for m in ("joint", "ncm", "crt", "tau_norm", "lws")
+                                                       for ext in ("json", "safetensors"))
 
 
 def test_select_on_train_uses_the_balanced_training_estimate(tmp_path):
@@ -77,7 +80,7 @@ def test_select_on_train_uses_the_balanced_training_estimate(tmp_path):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("tau", "tau must be >= 0, got -0.5"),
+    ("tau", "--taus: -0.5 must be a finite number >= 0"),
     ("method", "unknown method 'svm'"),
     ("no_classifier", "has no stage-1 classifier"),
     ("dimension", "val features are 7-d but the classifier is 12-d"),

@@ -186,3 +186,26 @@ def test_search_space_matches_the_official_grids():
     assert SEARCH_SPACE["tau_norm"][7] == {"tau": 0.7} and len(SEARCH_SPACE["tau_norm"]) == 21
     assert [p["lr"] for p in SEARCH_SPACE["crt"]] == [p["lr"] for p in SEARCH_SPACE["lws"]] == [0.05, 0.2, 0.8]
     assert set(SEARCH_SPACE) == set(METHODS) == set(DEFAULT_PARAMS)
+
+
+@pytest.mark.parametrize("device, message", [("tpu", "unknown device 'tpu'"), ("gpu0", "unknown device 'gpu0'")]
+                         + ([] if torch.cuda.is_available() else [("cuda", "device 'cuda' needs CUDA")]))
+def test_a_device_that_cannot_work_is_refused_naming_it(train, joint, device, message):
+    with pytest.raises(ValueError, match=message):
+        fit_method("crt", train, joint, {"device": device, "epochs": 1})
+
+
+@pytest.mark.parametrize("method", ["crt", "lws", "learned_tau", "cosine"])
+def test_explicit_cpu_device_is_the_default_fit(train, joint, method):
+    """"device" moves the parameters and batches; on the CPU it changes no number."""
+    default = fit_method(method, train, joint, {"epochs": 1}, seed=3)(train.features)
+    on_cpu = fit_method(method, train, joint, {"epochs": 1, "device": "cpu"}, seed=3)(train.features)
+    np.testing.assert_array_equal(default, on_cpu)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bench/gpu_check.py fits cRT there)")
+@pytest.mark.parametrize("method", ["crt", "lws", "learned_tau", "cosine"])
+def test_a_fit_on_the_gpu_matches_the_cpu_fit(train, joint, method):
+    on_cpu = fit_method(method, train, joint, {"epochs": 2}, seed=3)(train.features)
+    on_gpu = fit_method(method, train, joint, {"epochs": 2, "device": "cuda"}, seed=3)(train.features)
+    np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-3, atol=1e-3)

@@ -107,6 +107,28 @@ def test_sigkill_mid_epoch_and_resume_gives_the_same_weights(shards, tmp_path):
         assert torch.equal(expected[name], actual[name]), name
 
 
+@pytest.mark.slow
+def test_resume_falls_back_past_a_damaged_newest_checkpoint(shards, tmp_path):
+    """Truncate the newest checkpoint's model file: --resume logs the fallback and continues from the older tag."""
+    run = tmp_path / "run"
+    first = launch(shards, run, "--epochs", 2, "--workers", 0, procs=1)
+    output, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, output[-3000:]
+    tags = sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("gs"))
+    assert len(tags) == 2 and all((run / "checkpoints" / tag / "lt_manifest.json").is_file() for tag in tags)
+    model_file = run / "checkpoints" / tags[1] / "mp_rank_00_model_states.pt"
+    model_file.write_bytes(model_file.read_bytes()[:1000])
+    refused = launch(shards, run, "--epochs", 3, "--workers", 0, "--resume", procs=1)
+    output, _ = refused.communicate(timeout=600)  # the saved sampling plan is for 2 epochs
+    assert refused.returncode != 0 and "trained with epochs=2, this run has epochs=3" in output, output[-3000:]
+    resumed = launch(shards, run, "--epochs", 2, "--workers", 0, "--resume", procs=1)
+    output, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, output[-3000:]
+    assert f"{tags[1]} is unusable: mp_rank_00_model_states.pt has 1000 bytes" in output
+    assert f"resumed from {run / 'checkpoints'}/{tags[0]} at epoch 1" in output
+    assert "Traceback" not in output
+
+
 @pytest.mark.parametrize("launcher", ["torchrun", "python"])
 def test_starts_under_torchrun_and_as_a_plain_process(shards, tmp_path, launcher):
     run = tmp_path / "run"

@@ -49,3 +49,24 @@ def test_corrupt_image_found_only_by_decode(split, capsys):
 def test_not_a_dataset(tmp_path, capsys):
     status, _, err = run_cli(["verify", tmp_path], capsys)
     assert status == 2 and "holds no packed split" in err
+
+
+def test_decode_names_images_the_two_decoders_read_differently(tmp_path, capsys):
+    """--check none trusts the bytes (as packs before format conversion did): a GIF
+    named .jpg gets in, and verify --decode names it."""
+    import io
+
+    from PIL import Image
+
+    for label in range(2):
+        folder = tmp_path / "images" / f"c{label}"
+        folder.mkdir(parents=True)
+        buffer = io.BytesIO()
+        Image.new("P", (8, 8), 3).save(buffer, format="GIF")
+        (folder / "x.jpg").write_bytes(buffer.getvalue())
+    out = tmp_path / "ds"
+    status, _, err = run_cli(["pack", tmp_path / "images", "--out", out, "--check", "none", "--no-progress"], capsys)
+    assert status == 0, err
+    assert run_cli(["verify", out], capsys)[0] == 0  # the bytes are what the manifest says
+    status, out_text, _ = run_cli(["verify", out, "--decode"], capsys)
+    assert status == 1 and "c0/x is GIF (P), which DALI and torchvision do not decode alike" in out_text

@@ -12,17 +12,20 @@ the figures. Ray is imported here only.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import socket
 import sys
 
-from lt_dist.errors import UserInputError
+from lt_dist.errors import OneLineArgumentParser, UserInputError
+from lt_dist.optional import require
 
 DEFAULT_METHODS = "joint,ncm,crt,tau_norm,lws,learned_tau,cosine"
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, add_help=add_help,
+    parser = OneLineArgumentParser(prog="search_stage2", description=__doc__, add_help=add_help,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", required=True, help="features/NAME written by `lt_dist extract`")
     parser.add_argument("--out", help="results folder (default: results/<NAME of --features>)")
@@ -44,13 +47,54 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def _floats(text: str | None, flag: str) -> list[float] | None:
+def _floats(text: str | None, flag: str, low: float, low_open: bool = False) -> list[float] | None:
+    """Comma-separated finite numbers >= low (> low when low_open); None when the flag is absent."""
     if text is None:
         return None
     try:
-        return [float(value) for value in text.split(",") if value.strip()]
+        values = [float(value) for value in text.split(",") if value.strip()]
     except ValueError:
         raise UserInputError(f"{flag} takes comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise UserInputError(f"{flag} is empty ({text!r}): give at least one number, or leave the flag out")
+    for value in values:
+        if not math.isfinite(value) or value < low or (low_open and value == low):
+            raise UserInputError(f"{flag}: {value} must be a finite number {'>' if low_open else '>='} {low:g}")
+    return values
+
+
+# Bounds of the search's numbers: beyond them a value is a mistake (and -1 retries would never end).
+MAX_FAILURES, MAX_CPUS, MAX_GPUS = 100, 4096, 1024
+
+
+def check_numbers(args) -> None:
+    """Counts and resource requests are whole/finite numbers within bounds, before Ray starts."""
+    from lt_dist.config import check_int
+
+    try:
+        check_int("--seed", args.seed, 0, 2**32 - 1)
+        check_int("--max-failures", args.max_failures, 0, MAX_FAILURES)
+        if args.num_cpus is not None:
+            check_int("--num-cpus", args.num_cpus, 1, MAX_CPUS)
+    except ValueError as error:
+        raise UserInputError(str(error)) from None
+    for flag, value, low_open, high in (("--cpus-per-trial", args.cpus_per_trial, True, MAX_CPUS),
+                                        ("--gpus-per-trial", args.gpus_per_trial, False, MAX_GPUS)):
+        if not math.isfinite(value) or value < 0 or (low_open and value == 0) or value > high:
+            raise UserInputError(f"{flag} must be a number in {'(' if low_open else '['}0, {high}], got {value}")
+    local_cpus = args.num_cpus or os.cpu_count() or 1
+    if not args.address and args.cpus_per_trial > local_cpus:
+        raise UserInputError(f"--cpus-per-trial {args.cpus_per_trial:g} is more than the local Ray's "
+                             f"{local_cpus} CPUs (--num-cpus): no trial could ever start")
+
+
+def check_cluster(cpus_per_trial: float, gpus_per_trial: float, resources: dict) -> None:
+    """Refuse a trial shape the running cluster cannot place (Ray would wait for it forever)."""
+    for name, asked, flag in (("CPU", cpus_per_trial, "--cpus-per-trial"), ("GPU", gpus_per_trial, "--gpus-per-trial")):
+        has = float(resources.get(name, 0))
+        if asked > has:
+            raise UserInputError(f"{flag} {asked:g} but the Ray cluster has {has:g} {name}s in all: no trial "
+                                 f"could ever start")
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict]:
@@ -89,16 +133,22 @@ def check_address(address: str) -> None:
 
 def prepare(args) -> tuple[list[dict], str]:
     """Checks before Ray starts: features readable and consistent, trials valid; returns (trials, out)."""
+    check_numbers(args)  # before the imports below (torch): a typo costs no start-up
+    out = args.out or os.path.join("results", os.path.basename(os.path.normpath(args.features)))
+    check_results_folder(out, args.resume)
+    overrides = parse_overrides(args.set)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise UserInputError(f"--methods is empty ({args.methods!r}); choose from {DEFAULT_METHODS}")
+    taus, lrs = _floats(args.taus, "--taus", 0.0), _floats(args.lrs, "--lrs", 0.0, low_open=True)
     from lt_dist.stage2.methods import resolve_params
     from lt_dist.stage2.search import check_select_on, trial_list
     from lt_dist.stage2.store import load_features
 
     splits, _ = load_features(args.features)
-    overrides = parse_overrides(args.set)
     try:
         check_select_on(args.select_on, "val" in splits)
-        trials = trial_list([m.strip() for m in args.methods.split(",") if m.strip()],
-                            _floats(args.taus, "--taus"), _floats(args.lrs, "--lrs"))
+        trials = trial_list(methods, taus, lrs)
         for trial in trials:
             trial["params"].update(overrides.get(trial["method"], {}))
             resolve_params(trial["method"], trial["params"])  # unknown parameter names fail here
@@ -107,8 +157,50 @@ def prepare(args) -> tuple[list[dict], str]:
             raise ValueError(f"--set names method {sorted(unused)[0]!r}, which this search does not run")
     except ValueError as error:
         raise UserInputError(str(error)) from None
-    out = args.out or os.path.join("results", os.path.basename(os.path.normpath(args.features)))
     return trials, os.path.abspath(out)
+
+
+def check_results_folder(out: str, resume: bool) -> None:
+    """A results folder that already holds a search is continued only with --resume, never overwritten."""
+    from lt_dist.outputs import check_output_folder
+
+    check_output_folder(out, "--out")
+    held = [name for name in ("table.csv", "trials.parquet", os.path.join("ray", "stage2"))
+            if os.path.exists(os.path.join(out, name))]
+    if held and not resume:
+        raise UserInputError(f"--out {out!r} already holds a search ({held[0]}): pass --resume to continue "
+                             f"it, or choose another --out")
+
+
+SOURCE = "features_source.json"
+
+
+def pin_features(out: str, features: str, resume: bool) -> None:
+    """Record which features a search runs on; a --resume on other features is refused.
+
+    The identity is the checkpoint sha256 in features.json (or, for folders written by
+    other tools, the classifier file's sha256), so trials of two checkpoints never meet.
+    """
+    import hashlib
+
+    from lt_dist.stage2.store import CLASSIFIER, read_index
+
+    index = read_index(features) or {}
+    with open(os.path.join(features, CLASSIFIER), "rb") as handle:
+        identity = index.get("ckpt_sha256") or hashlib.sha256(handle.read()).hexdigest()
+    path = os.path.join(out, SOURCE)
+    if resume and os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                pinned = json.load(handle)["identity"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserInputError(f"{path!r} is unreadable: cannot tell which features the search ran on") from None
+        if pinned != identity:
+            raise UserInputError(f"--resume: the search in {out!r} ran on features of sha256 {str(pinned)[:12]}, "
+                                 f"{features!r} now holds {identity[:12]}: choose another --out")
+        return
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump({"features": os.path.abspath(features), "identity": identity}, handle, indent=1)
 
 
 def _trial(config: dict) -> None:
@@ -136,6 +228,11 @@ def run_search(args, trials: list[dict], out: str) -> list[dict]:
             raise UserInputError(f"cannot join Ray at {args.address!r}: {error}") from None
     else:
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        check_cluster(args.cpus_per_trial, args.gpus_per_trial, ray.cluster_resources())
+    except UserInputError:
+        ray.shutdown()
+        raise
     trainable = tune.with_resources(_trial, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
     storage, name = os.path.join(out, "ray"), "stage2"
     experiment = os.path.join(storage, name)
@@ -158,8 +255,10 @@ def run_search(args, trials: list[dict], out: str) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
+        require("ray", "tune/search_stage2.py")
         trials, out = prepare(args)
         os.makedirs(out, exist_ok=True)
+        pin_features(out, args.features, args.resume)
         results = run_search(args, trials, out)
         if not results:
             raise UserInputError("every trial failed; see the errors above")
@@ -168,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         table = write_results(out, args.features, results, args.seed, args.select_on)
     except UserInputError as error:
         print(f"search_stage2: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a folder that vanished or filled up mid-way: name the path, no traceback
+        print(f"search_stage2: error: {error.filename or ''}: {error.strerror or error}", file=sys.stderr)
         return 2
     print(table)
     print(f"wrote {out}")

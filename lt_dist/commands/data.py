@@ -7,6 +7,14 @@ import json
 import numpy as np
 
 from lt_dist.errors import UserInputError
+from lt_dist.storage.settings import add_storage_flags, export_storage_flags
+from lt_dist.storage.urls import is_url
+from lt_dist.optional import default_decoder
+
+# The draws are held in memory at once (a row and a label each): a bound fixed by what a
+# share estimate needs (at 20M draws the standard error of a 1% share is ~2e-5), not by
+# the number typed.
+MAX_DRAWS = 20_000_000
 
 
 def add_parsers(subparsers) -> None:
@@ -29,22 +37,40 @@ def add_parsers(subparsers) -> None:
     parser.add_argument("--draw", choices=("stratified", "iid"), default="stratified",
                         help="exact per-epoch class quotas, or independent draws")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    add_storage_flags(parser)
     parser.set_defaults(run=run_sample_stats)
 
 
 def run_sample_stats(args) -> int:
-    from lt_dist.data.balance import class_probs
-    from lt_dist.data.loader import BalancedLoader, LoaderConfig
-    from lt_dist.data.audit import format_share_table, share_table
-    from lt_dist.data.sampler import SamplerConfig
-    from lt_dist.dist import World
+    # The arguments are checked before the loader (and torch) is imported: a typo costs
+    # a fraction of a second, not the ten a torch import takes on a busy machine.
+    from lt_dist.data.balance import class_probs, resolve_strategy
     from lt_dist.shards.manifest import load_manifest, resolve_split
 
-    if args.draws < 1:
-        raise UserInputError(f"--draws must be >= 1, got {args.draws}")
+    export_storage_flags(args)
+    if not 1 <= args.draws <= MAX_DRAWS:
+        raise UserInputError(f"--draws {args.draws} is out of range: 1 to {MAX_DRAWS:,} "
+                             f"(about 16 bytes of memory each)")
+    if args.epochs < 1 or not 0 <= args.epoch < args.epochs:
+        raise UserInputError(f"--epoch {args.epoch} / --epochs {args.epochs}: need epochs >= 1 and "
+                             f"0 <= epoch < epochs")
+    if args.seed < 0:
+        raise UserInputError(f"--seed must be >= 0, got {args.seed}")
+    strategy = args.sampler if not _is_number(args.sampler) else float(args.sampler)
+    if isinstance(strategy, float) and not 0 <= strategy <= 1:  # NaN fails this too
+        raise UserInputError(f"--sampler {args.sampler!r}: a number q must lie in [0, 1]")
+    try:
+        resolve_strategy(strategy)
+    except ValueError as error:
+        raise UserInputError(str(error)) from None
     split_dir = resolve_split(args.path, args.split)  # a split folder is taken as it is
     counts = load_manifest(split_dir).samples_per_class
-    strategy = args.sampler if not _is_number(args.sampler) else float(args.sampler)
+
+    from lt_dist.data.audit import format_share_table, share_table
+    from lt_dist.data.loader import BalancedLoader, LoaderConfig
+    from lt_dist.data.sampler import SamplerConfig
+    from lt_dist.dist import World
+
     config = SamplerConfig(strategy, args.seed, args.epochs, "pad", args.draws, args.draw)
     try:
         target = class_probs(counts, strategy, args.epoch, args.epochs)
@@ -80,7 +106,9 @@ def _add_extract(subparsers) -> None:
     parser.add_argument("--split", action="append", dest="splits",
                         help="split to extract, repeatable (default: train, val, and test if present)")
     parser.add_argument("--out", required=True, help="features folder features/NAME")
-    parser.add_argument("--decoder", choices=("dali", "torchvision"), default="dali", help="image decoder")
+    parser.add_argument("--decoder", choices=("dali", "torchvision"), default=default_decoder(),
+                        help="image decoder (default: dali where it is installed, else torchvision; both "
+                        "decode on the GPU when CUDA is there)")
     parser.add_argument("--batch-size", type=int, default=256, help="images per batch per process")
     parser.add_argument("--workers", type=int, default=2, help="loader processes per rank")
     parser.add_argument("--bn-recalibrate", choices=("none", "class"), default="none",
@@ -94,23 +122,36 @@ def _add_extract(subparsers) -> None:
                         "4 x feature-dim bytes per sample per view); the trained stage-2 methods walk one per epoch")
     parser.add_argument("--seed", type=int, default=0,
                         help="sampling and augmentation of --bn-recalibrate and --train-views")
+    add_storage_flags(parser)
     parser.set_defaults(run=run_extract)
 
 
 def run_extract(args) -> int:
     import os
 
-    from lt_dist.engine.extract import extract
+    from lt_dist.config import check_int
 
-    splits = args.splits or [s for s in ("train", "val", "test") if os.path.isdir(os.path.join(args.data, s))]
-    if args.batch_size < 1:
-        raise UserInputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.bn_batches < 1:
-        raise UserInputError(f"--bn-batches must be >= 1, got {args.bn_batches}")
-    if args.train_views < 0:
-        raise UserInputError(f"--train-views must be >= 0, got {args.train_views}")
+    export_storage_flags(args)
+    if is_url(args.data):  # a URL cannot be listed like a folder: find_splits tries train/val/test
+        from lt_dist.shards.manifest import find_splits
+
+        splits = args.splits or [url.rstrip("/").rpartition("/")[2] for url in find_splits(args.data)]
+    else:
+        splits = args.splits or [s for s in ("train", "val", "test") if os.path.isdir(os.path.join(args.data, s))]
+    try:  # bounded before anything is allocated in proportion to them
+        check_int("--batch-size", args.batch_size, 1, 65_536)
+        check_int("--workers", args.workers, 0, 64)
+        check_int("--bn-batches", args.bn_batches, 1, 1_000_000)
+        check_int("--train-views", args.train_views, 0, 10_000)
+        check_int("--seed", args.seed, 0, 2**32 - 1)
+    except ValueError as error:
+        raise UserInputError(str(error)) from None
+    if not splits:
+        raise UserInputError(f"--data {args.data!r} has no train, val or test split")
     if args.train_views and "train" not in splits:
         raise UserInputError("--train-views needs the train split among --split")
+    from lt_dist.engine.extract import extract  # torch and the loaders: after the cheap checks
+
     bn_batches = args.bn_batches if args.bn_recalibrate == "class" else 0
     extract(args.ckpt, args.data, splits, args.out, args.decoder, args.batch_size, args.workers, bn_batches,
             args.seed, args.train_views)

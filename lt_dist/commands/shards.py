@@ -7,6 +7,8 @@ import re
 import sys
 
 from lt_dist.errors import UserInputError
+from lt_dist.storage.settings import add_storage_flags, export_storage_flags
+from lt_dist.storage.urls import is_url
 
 SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
@@ -25,7 +27,7 @@ def add_parsers(subparsers) -> None:
     stats = subparsers.add_parser("stats", help="class counts, imbalance and many/medium/few split",
                                   description="Class statistics of a packed dataset, a split list "
                                   "('path label' lines) or a JSON list of per-class counts.")
-    stats.add_argument("path", nargs="?", help="shards/NAME, shards/NAME/SPLIT, or SPLIT.txt")
+    stats.add_argument("path", nargs="?", help="shards/NAME, shards/NAME/SPLIT, SPLIT.txt, or a dataset URL")
     stats.add_argument("--counts", metavar="FILE.json", help="JSON list of per-class counts")
     stats.add_argument("--plot", metavar="FILE.png", help="draw the sorted class-count curve (log scale)")
     stats.add_argument("--json", action="store_true", help="print the numbers as JSON")
@@ -33,8 +35,10 @@ def add_parsers(subparsers) -> None:
     verify = subparsers.add_parser("verify", help="check shards against the manifest",
                                    description="Check every shard's size, sha256 and members against "
                                    "the manifest; exit status 1 on any mismatch, naming it.")
-    verify.add_argument("path", help="shards/NAME (every split) or shards/NAME/SPLIT")
+    verify.add_argument("path", help="shards/NAME (every split) or shards/NAME/SPLIT; or a URL "
+                        "(s3://, gs://, http(s)://) of either")
     verify.add_argument("--decode", action="store_true", help="also decode every image from its offset")
+    add_storage_flags(verify)
     verify.set_defaults(run=run_verify)
 
 
@@ -54,7 +58,8 @@ def _add_pack(subparsers) -> None:
     source.add_argument("--num-classes", type=int, help="number of classes of a --list (default: max label + 1)")
     source.add_argument("--class-names", help="comma-separated names, or @FILE with one name per line")
     out = pack.add_argument_group("output")
-    out.add_argument("--out", required=True, help="dataset folder shards/NAME")
+    out.add_argument("--out", required=True, help="dataset folder shards/NAME, or a URL (s3://B/P/NAME, "
+                     "gs://...): packed in a local staging folder, then uploaded, index files last")
     out.add_argument("--split", default="train", help="name of the split being packed")
     out.add_argument("--shard-size", type=parse_size, default="256MiB", help="max bytes per shard")
     out.add_argument("--shard-count", type=int, default=10_000, help="max samples per shard")
@@ -74,6 +79,7 @@ def _add_pack(subparsers) -> None:
                         help="balanced val split held out of the images the subset left out")
     subset.add_argument("--seed", type=int, default=0, help="seed of the per-class draws")
     subset.add_argument("--ids", metavar="IDS.txt", help="keep exactly these ids (a pack's ids.txt)")
+    add_storage_flags(pack)
     pack.set_defaults(run=run_pack)
 
 
@@ -82,11 +88,17 @@ def _class_names(text: str | None) -> list[str] | None:
         return None
     if text.startswith("@"):
         try:
-            with open(text[1:], encoding="utf-8") as handle:
-                return [line.strip() for line in handle if line.strip()]
+            with open(text[1:], encoding="utf-8-sig") as handle:
+                names = [line.strip() for line in handle if line.strip()]
         except OSError as error:
             raise UserInputError(f"cannot read --class-names file {text[1:]!r}: {error.strerror}") from None
-    return [name.strip() for name in text.split(",")]
+        except UnicodeDecodeError:
+            raise UserInputError(f"--class-names file {text[1:]!r} is not UTF-8 text") from None
+    else:
+        names = [name.strip() for name in text.split(",")]
+    if not names or not all(names) or len(set(names)) != len(names):
+        raise UserInputError(f"--class-names {text!r} must list distinct, non-empty names")
+    return names
 
 
 def build_source(args):
@@ -115,13 +127,14 @@ def build_source(args):
 
 
 def run_pack(args) -> int:
-    from lt_dist.shards.pack import PackOptions, pack
+    from lt_dist.shards.pack import PackOptions, PackWorkerDied, pack
     from lt_dist.shards.plan import SubsetOptions
     from lt_dist.shards.writer import PackError, ShardLimits
 
     if args.shard_count < 1 or args.shard_size < 1:
         raise UserInputError(f"--shard-count and --shard-size must be >= 1 "
                              f"(got {args.shard_count}, {args.shard_size})")
+    export_storage_flags(args)
     source = build_source(args)
     subset = SubsetOptions(args.profile, args.imbalance, args.alpha, args.max_per_class,
                            args.val_per_class, args.seed, args.ids)
@@ -129,9 +142,17 @@ def run_pack(args) -> int:
                           args.workers, args.check, args.on_bad_image == "skip", args.overwrite,
                           not args.no_progress)
     try:
-        summaries = pack(source, subset, options, ["lt_dist", *sys.argv[1:]])
+        if is_url(args.out):
+            from lt_dist.shards.publish import pack_to_url
+
+            summaries = pack_to_url(pack, source, subset, options, ["lt_dist", *sys.argv[1:]])
+        else:
+            summaries = pack(source, subset, options, ["lt_dist", *sys.argv[1:]])
     except PackError as error:
         raise UserInputError(str(error)) from None
+    except PackWorkerDied as error:  # a fault of the machine, not of the input: exit 1
+        print(f"lt_dist pack: {error}", file=sys.stderr)
+        return 1
     for summary in summaries.values():
         print(f"{summary['split']}: {summary['num_samples']} images, {summary['num_shards']} shards, "
               f"{summary['bytes'] / 1e6:.1f} MB, {summary['skipped']} skipped")
@@ -158,13 +179,24 @@ def run_stats(args) -> int:
 def run_verify(args) -> int:
     from tqdm import tqdm
 
-    from lt_dist.shards.manifest import find_splits
+    from lt_dist.shards.manifest import find_splits, is_split_dir
+    from lt_dist.storage.urls import is_url
     from lt_dist.shards.verify import verify_split
 
+    export_storage_flags(args)
     failed = False
-    for split_dir in find_splits(args.path):
-        with tqdm(desc=f"verify {split_dir}", unit="img", file=sys.stderr, disable=None) as bar:
-            report = verify_split(split_dir, decode=args.decode, progress=bar.update)
+    for split_dir in find_splits(args.path, allow_unfinished=True):
+        if not is_url(split_dir) and not is_split_dir(split_dir):
+            print(f"{split_dir}: FAILED (unfinished: shards but no manifest.parquet; run its pack again)")
+            failed = True
+            continue
+        try:
+            with tqdm(desc=f"verify {split_dir}", unit="img", file=sys.stderr, disable=None) as bar:
+                report = verify_split(split_dir, decode=args.decode, progress=bar.update)
+        except UserInputError as error:  # a damaged index is a finding of verify, not a usage error
+            print(f"{split_dir}: FAILED ({error})")
+            failed = True
+            continue
         status = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
         decoded = f", {report.decoded} decoded" if args.decode else ""
         print(f"{split_dir}: {report.num_shards} shards, {report.num_samples} samples{decoded}: {status}")

@@ -5,7 +5,8 @@
          # -> dict(rows=int64 (N,), data=list[bytes] | images=float32 (N,3,H,W), labels=int64 (N,))
       -> DataLoader (workers' batches come back round-robin: the rank's order)
       -> decoder: "dali" (main process; DALI threads decode, "mixed" on a GPU)
-                  "torchvision" (inside the workers)
+                  "torchvision" (inside the workers on a CPU; with CUDA, or an explicit
+                      `device`, batch by batch in the main process: data.tvbatch, nvJPEG)
                   "bytes" (encoded bytes, no decoding) | "none" (manifest rows, no reads)
       -> (images, labels)
 Sample order is exact on resume for every decoder. Augmentation is exact too with
@@ -24,6 +25,7 @@ import torch
 from lt_dist.data.presets import Preset
 from lt_dist.data.reader import ShardReader
 from lt_dist.data.sampler import BalancedSampler, SamplerConfig, SequentialSampler
+from lt_dist.data.tvbatch import decode_batch, resolve_device
 from lt_dist.dist import World
 
 DECODERS = ("dali", "torchvision", "bytes", "none")
@@ -41,6 +43,9 @@ class LoaderConfig:
     num_workers: int = 2  # DataLoader worker processes feeding (or, torchvision, decoding)
     dali_threads: int = 2  # DALI decode threads
     max_open_files: int = 64  # per worker process
+    # torchvision only, where batches are decoded: None = the GPU when CUDA is there (nvJPEG,
+    # main process), else the CPU in the workers; "cpu" / "cuda[:N]" = batches in the main process
+    device: str | None = None
 
 
 def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
@@ -51,15 +56,18 @@ def batch_seed(seed: int, epoch: int, rank: int, batch: int) -> int:
 class RowStream(torch.utils.data.IterableDataset):
     """One rank's batches for one epoch, split over DataLoader workers."""
 
-    def __init__(self, config: LoaderConfig, sampler: BalancedSampler, epoch: int, start_batch: int):
+    def __init__(self, config: LoaderConfig, sampler: BalancedSampler, epoch: int, start_batch: int,
+                 decode_in_workers: bool = True):
         super().__init__()
         self.config, self.sampler, self.epoch, self.start_batch = config, sampler, epoch, start_batch
+        self.decode_in_workers = decode_in_workers  # torchvision: False = bytes out, decoded by the caller
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         reader = ShardReader(self.config.split_dir, self.config.max_open_files)
         rows_per_batch = self.sampler.worker_batches(self.epoch, worker, num_workers, self.start_batch)
+        rows_per_batch = reader.prefetched(rows_per_batch)  # a remote split: exact look-ahead downloads
         first = self.start_batch + worker  # this worker's first batch (see worker_batches)
         try:
             for step, rows in enumerate(rows_per_batch):
@@ -72,7 +80,7 @@ class RowStream(torch.utils.data.IterableDataset):
         if self.config.decoder == "none":
             return batch
         data = reader.read_many(rows)
-        if self.config.decoder != "torchvision":
+        if self.config.decoder != "torchvision" or not self.decode_in_workers:
             batch["data"] = data
             return batch
         from lt_dist.data.tvdecode import decode_sample
@@ -95,6 +103,9 @@ class BalancedLoader:
         if config.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {config.num_workers}")
         self.config, self.world = config, world
+        # Decided once, from torch.cuda.is_available(): nothing is tried and caught later.
+        self.decode_device = (resolve_device(config.device, world.local_rank) if config.decoder == "torchvision"
+                              else None)
         if sampler is None:  # the default: balanced sampling as config.sampler says
             if samples_per_class is None:
                 samples_per_class = ShardReader(config.split_dir, 1).samples_per_class
@@ -114,7 +125,8 @@ class BalancedLoader:
     def __iter__(self):
         """Yield the rest of the current epoch: (images, labels); with decoder "bytes"
         (list of encoded bytes, labels), with "none" (manifest rows, labels)."""
-        stream = RowStream(self.config, self.sampler, self.epoch, self.batches_done)
+        stream = RowStream(self.config, self.sampler, self.epoch, self.batches_done,
+                           decode_in_workers=self.decode_device is None)
         workers = self.config.num_workers
         batches = torch.utils.data.DataLoader(
             stream, batch_size=None, num_workers=workers, collate_fn=_identity,
@@ -125,8 +137,10 @@ class BalancedLoader:
         self.epoch, self.batches_done = self.epoch + 1, 0
 
     def _decoded(self, batches):
-        if self.config.decoder == "torchvision":
+        if self.config.decoder == "torchvision" and self.decode_device is None:
             return ((batch["images"], batch["labels"]) for batch in batches)
+        if self.config.decoder == "torchvision":
+            return self._decoded_on_device(batches)
         if self.config.decoder in ("bytes", "none"):
             first = "data" if self.config.decoder == "bytes" else "rows"
             return ((batch[first], batch["labels"]) for batch in batches)
@@ -137,6 +151,18 @@ class BalancedLoader:
         seed = batch_seed(self.config.sampler.seed, self.epoch, self.world.rank, self.batches_done)
         return DaliDecoder(raw, self.config.preset, self.config.batch_size,
                            num_threads=self.config.dali_threads, seed=seed % (2**31))
+
+    def _decoded_on_device(self, batches):
+        """torchvision batches decoded here on decode_device, seeded as the workers' path is.
+
+        Runs while batches_done is the index of the batch being decoded, so the seed is
+        batch_seed(seed, epoch, rank, that index): the same draws as a CPU run.
+        """
+        for batch in batches:
+            generator = torch.Generator().manual_seed(
+                batch_seed(self.config.sampler.seed, self.epoch, self.world.rank, self.batches_done))
+            images = decode_batch(batch["data"], self.config.preset, generator, self.decode_device)
+            yield images, batch["labels"].to(self.decode_device, non_blocking=True)
 
     def state_dict(self) -> dict:
         """Where the loader stands: enough to resume mid-epoch on the same world size."""

@@ -7,15 +7,18 @@ raises naming both values when ds.json disagrees with itself or with the world s
 """
 from __future__ import annotations
 
+# torch and deepspeed are imported inside the functions that use them: reading and
+# checking ds.json stays cheap, so a mistake in it costs no start-up.
 import copy
 import json
 import math
 import os
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from lt_dist.errors import UserInputError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def load_ds_config(path: str) -> dict:
@@ -25,11 +28,42 @@ def load_ds_config(path: str) -> dict:
             config = json.load(handle)
     except FileNotFoundError:
         raise UserInputError(f"DeepSpeed config {path!r} does not exist") from None
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserInputError(f"DeepSpeed config {path!r} is not valid JSON: {error}") from None
+    except OSError as error:
+        raise UserInputError(f"DeepSpeed config {path!r} cannot be read: {error.strerror}") from None
     if not isinstance(config, dict) or "train_batch_size" not in config:
         raise UserInputError(f"DeepSpeed config {path!r} must be a JSON object with train_batch_size")
+    check_numbers(config, path)
     return config
+
+
+# Largest batch sizes accepted: beyond them a number is a typo that would allocate in proportion to it.
+BATCH_BOUNDS = {"train_batch_size": 1 << 20, "train_micro_batch_size_per_gpu": 65_536,
+                "gradient_accumulation_steps": 1 << 20}
+
+
+def check_numbers(config: dict, path: str) -> None:
+    """Batch sizes are whole numbers within BATCH_BOUNDS; optimizer parameters are finite and >= 0."""
+    for key, high in BATCH_BOUNDS.items():
+        value = config.get(key)
+        if value is None and key != "train_batch_size":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise UserInputError(f"DeepSpeed config {path!r}: {key} must be a whole number in [1, {high}], "
+                                 f"got {value!r}")
+    optimizer = config.get("optimizer", {})
+    params = optimizer.get("params", {}) if isinstance(optimizer, dict) else None
+    if not isinstance(params, dict):
+        raise UserInputError(f"DeepSpeed config {path!r}: optimizer must be an object with a params object")
+    for key, value in params.items():
+        numbers = value if isinstance(value, list) else [value]  # betas are a pair
+        for number in numbers:
+            if isinstance(number, bool):  # switches such as nesterov
+                continue
+            if not isinstance(number, (int, float)) or not 0 <= number < math.inf:
+                raise UserInputError(f"DeepSpeed config {path!r}: optimizer {key} must be a finite number "
+                                     f">= 0, got {value!r}")
 
 
 def resolve_ds_config(config: dict, world_size: int, cuda: bool, log: Callable[[str], None] = print) -> dict:
@@ -120,6 +154,7 @@ def initialize(model: torch.nn.Module, ds_config: dict, total_steps: int, log: C
     optimizer state); schedule, when given, replaces the per-step cosine multiplier.
     """
     import deepspeed
+    import torch
 
     scheduler = None
     if "scheduler" in ds_config:
@@ -134,21 +169,34 @@ def initialize(model: torch.nn.Module, ds_config: dict, total_steps: int, log: C
 
 
 def save_checkpoint(engine, folder: str, tag: str, client_state: dict) -> None:
-    """Collective: every rank writes its part under folder/tag, then `latest` names tag.
+    """Collective: every rank writes its part under folder/tag, rank 0 records the files'
+    sizes and sha256 (lt_manifest.json), then `latest` names tag.
 
     DeepSpeed's own `latest` is written by rank 0 before the closing barrier, so a
     crash can leave it naming a tag whose other ranks' files are half written (a
     resume then fails on a truncated zip). Here `latest` moves only after every rank
     has finished and rank 0 has flushed the tag's files to disk.
     """
+    import shutil
+
     import torch.distributed as dist
 
+    from lt_dist.engine.checkpoint import write_tag_manifest
+
+    tag_dir = os.path.join(folder, tag)
+    if dist.get_rank() == 0 and os.path.isdir(tag_dir):  # a torn save of this tag before a crash
+        shutil.rmtree(tag_dir)
+    dist.barrier()
     engine.save_checkpoint(folder, tag=tag, client_state=client_state, save_latest=False)
     # The page cache is per node: one process per node flushes what that node wrote.
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
-        sync_folder(os.path.join(folder, tag))
+        sync_folder(tag_dir)
     dist.barrier()
     if dist.get_rank() == 0:
+        # sizes and hashes of what every rank wrote (on a shared file system: all of it),
+        # so a resume can tell a complete tag from a torn or damaged one
+        write_tag_manifest(tag_dir)
+        _fsync_path(tag_dir)
         commit_latest(folder, tag)
     dist.barrier()
 

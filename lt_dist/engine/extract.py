@@ -19,10 +19,12 @@ from lt_dist.data.presets import get_preset
 from lt_dist.data.reader import ShardReader
 from lt_dist.data.sampler import SamplerConfig, SequentialSampler
 from lt_dist.dist import World, process_group_closed_at_exit
-from lt_dist.engine.checkpoint import load_best_model
+from lt_dist.engine.checkpoint import best_model_path, file_sha256, load_best_model
 from lt_dist.errors import UserInputError
 from lt_dist.models.resnet import build_model
-from lt_dist.shards.manifest import load_manifest, resolve_split
+from lt_dist.optional import require
+from lt_dist.outputs import check_output_folder
+from lt_dist.shards.manifest import check_splits_agree, load_manifest, resolve_split
 from lt_dist.stage2 import store
 
 
@@ -58,8 +60,14 @@ def extract(ckpt: str, data: str, splits: list[str], out: str, decoder: str = "d
     (seed, k)), written as train.view000.arrow ... in train.arrow's row order.
     """
     world = World.from_env()
+    if decoder == "dali":
+        require("nvidia.dali", "--decoder dali")
+    check_output_folder(out, "--out")
     best = load_best_model(ckpt)
+    ckpt_sha256 = file_sha256(best_model_path(ckpt))
+    previous = check_features_folder(out, ckpt_sha256, splits)
     split_dirs = {split: resolve_split(data, split) for split in splits}
+    check_splits_agree(list(split_dirs.values()))
     counts = {split: load_manifest(split_dir).samples_per_class for split, split_dir in split_dirs.items()}
     for split, split_dir in split_dirs.items():
         classes = len(counts[split])
@@ -70,13 +78,40 @@ def extract(ckpt: str, data: str, splits: list[str], out: str, decoder: str = "d
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     with process_group_closed_at_exit() if starts_group else nullcontext():
         return _extract_splits(best, split_dirs, counts, world, out, ckpt, data, decoder, batch_size, workers,
-                               bn_batches, seed, train_views)
+                               ckpt_sha256, previous, bn_batches, seed, train_views)
+
+
+def check_features_folder(out: str, ckpt_sha256: str, splits: list[str]) -> dict:
+    """Refuse to add features of this checkpoint to a folder that holds another checkpoint's.
+
+    Returns the split entries already there (same checkpoint; kept in the new index).
+    """
+    if not os.path.isdir(out):
+        return {}
+    info = store.read_index(out)
+    stored = sorted(name for name in os.listdir(out) if name.endswith(".arrow"))
+    if info is None:
+        if stored:
+            raise UserInputError(f"--out {out!r} holds {stored[0]} but no {store.INDEX}: features of unknown "
+                                 f"origin are never mixed with new ones; choose another --out")
+        return {}
+    if info.get("ckpt_sha256") != ckpt_sha256:
+        kept = sorted(set(info.get("splits", {})) - set(splits)) or sorted(info.get("splits", {}))
+        raise UserInputError(f"--out {out!r} holds features of checkpoint {info.get('ckpt')!r} "
+                             f"(sha256 {str(info.get('ckpt_sha256'))[:12]}; splits {', '.join(kept) or 'none'}), "
+                             f"this is sha256 {ckpt_sha256[:12]}: features of different checkpoints are never "
+                             f"mixed; choose another --out")
+    return dict(info.get("splits", {}))
 
 
 def _extract_splits(best: dict, split_dirs: dict, counts: dict, world: World, out: str, ckpt: str, data: str,
-                    decoder: str, batch_size: int, workers: int, bn_batches: int = 0, seed: int = 0,
-                    train_views: int = 0) -> dict:
-    """The body of extract once the process group (if any) is up; returns the index."""
+                    decoder: str, batch_size: int, workers: int, ckpt_sha256: str, previous: dict,
+                    bn_batches: int = 0, seed: int = 0, train_views: int = 0) -> dict:
+    """The body of extract once the process group (if any) is up; returns the index.
+
+    The index is written before the first features file and after each split, so a
+    folder never holds a .arrow whose checkpoint it does not record.
+    """
     model = build_model(best["arch"], best["num_classes"], best["small_input"], best.get("head", "linear"),
                         best.get("cosine_scale"))
     model.load_state_dict(best["state_dict"])
@@ -84,20 +119,24 @@ def _extract_splits(best: dict, split_dirs: dict, counts: dict, world: World, ou
     size = best.get("image_size")
     preset = get_preset(best.get("eval_preset", "imagenet_eval"), **({"size": size} if size else {}))
     os.makedirs(out, exist_ok=True)
-    info = {"ckpt": ckpt, "data": data, "arch": best["arch"], "feature_dim": model.feature_dim,
-            "num_classes": best["num_classes"], "best_epoch": best.get("epoch"), "splits": {}}
+    info = {"ckpt": ckpt, "ckpt_sha256": ckpt_sha256, "data": data, "arch": best["arch"],
+            "feature_dim": model.feature_dim, "num_classes": best["num_classes"], "best_epoch": best.get("epoch"),
+            "splits": {split: entry for split, entry in previous.items() if split not in split_dirs}}
     if bn_batches:
         info["bn_recalibrate"] = _recalibrate(model, ckpt, data, best, world, decoder, batch_size, workers,
                                               bn_batches, seed)
+    if world.is_main:
+        store.write_index(out, info)
     for split, split_dir in split_dirs.items():
         started = time.perf_counter()
         num_samples = int(counts[split].sum())
         rows, labels, features = extract_rows(model, split_dir, num_samples, world, preset, decoder, batch_size,
                                               workers)
         _write_parts(out, split, split_dir, world, rows, labels, features)
-        info["splits"][split] = {"num_samples": num_samples,
-                                 "seconds": round(time.perf_counter() - started, 2)}
+        info["splits"][split] = {"num_samples": num_samples, "seconds": round(time.perf_counter() - started, 2),
+                                 "ckpt": ckpt, "ckpt_sha256": ckpt_sha256}
         if world.is_main:
+            store.write_index(out, info)
             print(f"{split}: {info['splits'][split]['num_samples']} features of {model.feature_dim} dims "
                   f"in {info['splits'][split]['seconds']} s")
     if train_views:

@@ -1,9 +1,15 @@
-"""Run logs on rank 0: one JSON object per line (log.jsonl) and TensorBoard events."""
+"""Run logs on rank 0: one JSON object per line (log.jsonl) and TensorBoard events.
+
+TensorBoard is optional: without the package (a bare GPU image) there is no tb/ and
+one line says so; log.jsonl carries the same numbers.
+"""
 from __future__ import annotations
 
 import json
 import os
 import time
+
+from lt_dist.optional import installed
 
 
 class RunLogger:
@@ -16,9 +22,12 @@ class RunLogger:
         if enabled:
             os.makedirs(run_dir, exist_ok=True)
             self._file = open(os.path.join(run_dir, "log.jsonl"), "a", encoding="utf-8")
-            from torch.utils.tensorboard import SummaryWriter
+            if installed("tensorboard"):
+                from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(os.path.join(run_dir, "tb"))
+                self._writer = SummaryWriter(os.path.join(run_dir, "tb"))
+            else:
+                print("tensorboard is not installed: no tb/ events (log.jsonl has every number)")
 
     def log(self, kind: str, step: int, **values) -> None:
         """Append {"kind", "step", "time", **values}; numbers also go to TensorBoard as kind/name."""
@@ -28,10 +37,11 @@ class RunLogger:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         for name, value in values.items():
-            if isinstance(value, (int, float)) and value == value:  # skip NaN
+            if self._writer is not None and isinstance(value, (int, float)) and value == value:  # skip NaN
                 self._writer.add_scalar(f"{kind}/{name}", value, step)
 
     def close(self) -> None:
         if self._file:
             self._file.close()
+        if self._writer:
             self._writer.close()

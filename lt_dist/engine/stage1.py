@@ -28,11 +28,16 @@ from lt_dist.engine.reports import append_per_class, write_test_results
 from lt_dist.errors import UserInputError
 from lt_dist.losses import LOSSES, build_loss
 from lt_dist.models.resnet import MODELS, build_model
-from lt_dist.shards.manifest import load_manifest, resolve_split
+from lt_dist.optional import require
+from lt_dist.outputs import check_output_folder
+from lt_dist.shards.manifest import check_splits_agree, load_manifest, resolve_split, test_split
 
 
 def check_inputs(config: TrainConfig, ds_config_path: str, world: World) -> tuple[dict, dict]:
     """Everything checkable before distributed start-up; returns (resolved ds.json, dataset facts)."""
+    require("deepspeed", "stage 1 (launch/train_repr.py)")
+    if config.decoder == "dali":
+        require("nvidia.dali", "--decoder dali")
     try:
         validate(config)
         resolve_strategy(config.sampler)
@@ -50,18 +55,29 @@ def check_inputs(config: TrainConfig, ds_config_path: str, world: World) -> tupl
     train = load_manifest(resolve_split(config.data, "train"))
     val = load_manifest(resolve_split(config.data, "val"))
     counts = train.samples_per_class
+    try:  # parameter names and values of the loss, before any process starts
+        build_loss(config.loss, counts, **config.loss_params)
+    except (TypeError, ValueError) as error:
+        raise UserInputError(f"--loss {config.loss} with --loss-param {config.loss_params}: {error}") from None
     if len(val.samples_per_class) != len(counts):
         raise UserInputError(f"val has {len(val.samples_per_class)} classes, train has {len(counts)}")
-    test_dir = os.path.join(config.data, "test")
+    test_dir = test_split(config.data)
+    check_splits_agree([train.split_dir, val.split_dir] + ([test_dir] if test_dir else []))
     facts = {"train_dir": train.split_dir, "val_dir": val.split_dir, "counts": counts,
-             "class_names": train.class_names,
-             "test_dir": resolve_split(test_dir) if os.path.isdir(test_dir) else None}
+             "class_names": train.class_names, "test_dir": test_dir}
+    check_output_folder(config.out, "--out")
     ckpt_dir = os.path.join(config.out, "checkpoints")
     if config.resume:
-        ckpt.check_resume_compatible(config.out, config.arch, len(counts), config.small_input)
-    elif os.path.isfile(os.path.join(ckpt_dir, "latest")):
-        raise UserInputError(f"{config.out!r} already holds checkpoints: pass --resume to continue "
-                             f"or choose another --out")
+        ckpt.check_resume_compatible(config.out, config.arch, len(counts), config.small_input,
+                                     {key: getattr(config, key) for key in ("epochs", "seed", "sampler",
+                                                                            "sampler_draw")})
+        facts["resume_tag"] = ckpt.choose_resume_tag(ckpt_dir, say)  # every rank: the same files, the same tag
+    else:
+        held = [name for name in ("config.json", ckpt.BEST_MODEL, "log.jsonl", "checkpoints")
+                if os.path.exists(os.path.join(config.out, name))]
+        if held:
+            raise UserInputError(f"--out {config.out!r} already holds a run ({held[0]}): pass --resume to "
+                                 f"continue it, or choose another --out")
     return ds_config, facts
 
 
@@ -113,12 +129,12 @@ def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: Wo
     ckpt_dir = os.path.join(config.out, "checkpoints")
     best = {"val_all": -1.0, "epoch": None}
     if config.resume:
-        client = ds.load_checkpoint(engine, ckpt_dir)
+        client = ds.load_checkpoint(engine, ckpt_dir, tag=facts["resume_tag"])
         if client is None:
-            raise UserInputError(f"--resume: no checkpoint found in {ckpt_dir!r}")
+            raise UserInputError(f"--resume: {ckpt_dir}/{facts['resume_tag']} could not be loaded")
         train_loader.load_state_dict(client["loader"])
         best = client["best"]
-        say(f"resumed from {ckpt_dir} at epoch {train_loader.epoch}, batch {train_loader.batches_done}")
+        say(f"resumed from {ckpt_dir}/{facts['resume_tag']} at epoch {train_loader.epoch}, batch {train_loader.batches_done}")
     logger = RunLogger(config.out, world.is_main)
     if world.is_main:
         dump(config, os.path.join(config.out, "config.json"),

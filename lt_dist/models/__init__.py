@@ -1,1 +1,4 @@
-"""Backbones by name (resnet.py) and classifier heads (heads.py)."""
+"""Backbones by name (resnet.py), stage-2 heads as modules (heads.py), packaged models (package.py)."""
+from lt_dist.models.package import load_model
+
+__all__ = ["load_model"]

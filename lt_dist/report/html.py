@@ -11,7 +11,9 @@ import time
 import numpy as np
 
 from lt_dist.errors import UserInputError
+from lt_dist.outputs import check_output_file
 from lt_dist.report.figures import plot_accuracy_vs_size, plot_table
+from lt_dist.report.models import models_html
 from lt_dist.report.tables import DISPLAY, read_table_csv
 
 FIGURES = (("class_counts.png", "Training class counts (sorted, log scale)"),
@@ -59,10 +61,9 @@ def build_report(results_dir: str, out: str | None = None) -> str:
     table_csv = os.path.join(results_dir, "table.csv")
     if not os.path.isfile(table_csv):
         raise UserInputError(f"{results_dir!r} has no table.csv: run tune/search_stage2.py first")
-    rows = read_table_csv(table_csv)
-    info_path = os.path.join(results_dir, "search.json")
-    info = json.load(open(info_path, encoding="utf-8")) if os.path.isfile(info_path) else {}
-    per_class = _per_class(results_dir)
+    path = out or os.path.join(results_dir, "report.html")
+    _check_report_path(path, results_dir)
+    rows, info, per_class = _read_results(results_dir)
     if per_class:
         plot_accuracy_vs_size(per_class, os.path.join(results_dir, "accuracy_vs_size.png"))
     name = os.path.basename(os.path.normpath(results_dir))
@@ -78,15 +79,58 @@ def build_report(results_dir: str, out: str | None = None) -> str:
 <style>{STYLE}</style></head><body>
 <h1>lt-dist report: {html.escape(name)}</h1>
 <p class="note">{html.escape(facts)}{info.get('trials', '?')} stage-2 trials, settings chosen on
-{html.escape(info.get('select_on', 'val'))}; test evaluated once per chosen setting.
+{html.escape(str(info.get('select_on', 'val')))}; test evaluated once per chosen setting.
 Many-shot: more than 100 training images, few-shot: fewer than 20.</p>
 <h2>Many / Medium / Few / All (test top-1, %)</h2>
 {_table_html(rows)}
 {figures}
+{models_html(results_dir)}
 <p class="note">Generated {time.strftime('%Y-%m-%d %H:%M')} by <code>lt_dist report</code>.</p>
 </body></html>
 """
-    path = out or os.path.join(results_dir, "report.html")
-    with open(path, "w", encoding="utf-8") as handle:
+    temp = f"{path}.tmp-{os.getpid()}"
+    with open(temp, "w", encoding="utf-8") as handle:
         handle.write(page)
+    os.replace(temp, path)
     return path
+
+
+def _check_report_path(path: str, results_dir: str) -> None:
+    """The page goes to a writable file that is new or an earlier report (never over other files)."""
+    if not os.access(results_dir, os.W_OK | os.X_OK):
+        raise UserInputError(f"results folder {results_dir!r} is not writable (the report's figures go there)")
+    check_output_file(path, "--out")
+    if os.path.isfile(path):
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+        if not (head.startswith(b"<!DOCTYPE html>") and b"lt-dist report" in head):
+            raise UserInputError(f"--out {path!r} exists and is not a report written by lt_dist report: "
+                                 f"choose another file")
+
+
+def _read_results(results_dir: str) -> tuple[list[dict], dict, dict]:
+    """(table rows, search.json, per-class series) with every malformed file named in one line."""
+    name = "table.csv"
+    try:
+        rows = read_table_csv(os.path.join(results_dir, name))
+        for row in rows:
+            json.loads(row["params"]) if row.get("params") else None
+            [row[key] for key in ("method", "many", "medium", "few", "all", "val_all")]
+        name = "search.json"
+        info_path = os.path.join(results_dir, name)
+        info = {}
+        if os.path.isfile(info_path):
+            with open(info_path, encoding="utf-8") as handle:
+                info = json.load(handle)
+            counts = info.get("train_counts")
+            if counts is not None and not (isinstance(counts, list) and counts and
+                                           all(isinstance(c, int) and c >= 0 for c in counts)):
+                raise ValueError(f"train_counts must be a list of counts >= 0, got {str(counts)[:40]}")
+        name = "per_class.csv"
+        per_class = _per_class(results_dir)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise UserInputError(f"{os.path.join(results_dir, name)!r} is malformed "
+                             f"({type(error).__name__}: {str(error)[:100]})") from None
+    if not rows:
+        raise UserInputError(f"{os.path.join(results_dir, 'table.csv')!r} has no rows")
+    return rows, info, per_class

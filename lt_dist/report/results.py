@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 from lt_dist.metrics import shot_groups
 from lt_dist.report.figures import plot_class_counts, plot_tau_curve, plot_weight_norms
 from lt_dist.report.tables import DISPLAY, markdown_table, table_rows, write_table_csv
+from lt_dist.stage2.saved import save_head
 from lt_dist.stage2.search import best_per_method, evaluate_chosen
-from lt_dist.stage2.store import read_classifier
+from lt_dist.stage2.store import INDEX, read_classifier
 
 NORM_METHODS = ("joint", "crt", "tau_norm", "lws")  # the paper's Fig. 2 left
 SEARCH_INFO = "search.json"
@@ -29,6 +30,7 @@ def write_results(out: str, features_dir: str, results: list[dict], seed: int, s
     for method, result in best.items():  # test is read here, once per chosen setting
         chosen = evaluate_chosen(features_dir, method, json.loads(result["params"]), seed)
         result.update(chosen["scores"], selected_on=select_on)
+        save_head(out, method, chosen["predictor"], _head_info(features_dir, result, classifier, seed))
         if chosen["per_class"] is not None:
             per_class[method] = chosen["per_class"]
         if method in NORM_METHODS and chosen["weight"] is not None:
@@ -48,6 +50,20 @@ def write_results(out: str, features_dir: str, results: list[dict], seed: int, s
                    "class_names": classifier["class_names"]}, handle, indent=1)
     _figures(out, results, norms, classifier["train_counts"])
     return table
+
+
+def _head_info(features_dir: str, result: dict, classifier: dict, seed: int) -> dict:
+    """What heads/<method>.json records: the setting, its scores, and where it came from."""
+    index_path = os.path.join(features_dir, INDEX)
+    source = {}
+    if os.path.isfile(index_path):
+        with open(index_path, encoding="utf-8") as handle:
+            source = json.load(handle)
+    return {"params": json.loads(result["params"]), "seed": seed, "selected_on": result["selected_on"],
+            "scores": {key: result[key] for key in result if key.startswith(("val_", "test_"))},
+            "features": os.path.abspath(features_dir), "ckpt": source.get("ckpt"), "data": source.get("data"),
+            "arch": source.get("arch"), "class_names": classifier["class_names"],
+            "train_counts": classifier["train_counts"].tolist()}
 
 
 def _write_per_class(path: str, per_class: dict[str, np.ndarray], classifier: dict) -> None:

@@ -5,33 +5,41 @@ A split folder goes through three states:
                  + .*.tmp-PID files of shards being written
     finished     the above + ids.txt, shards.parquet, dataset.json, manifest.parquet
 Re-running the same pack on an in-progress folder keeps its finished shards; on a
-finished folder it does nothing. A folder holding anything else is refused.
+finished folder it checks every shard's size and sha256 against the shard table and
+does nothing when all match, else packs the missing or damaged shards again. A
+folder holding anything else is refused; one pack at a time writes a split folder
+(outdir.SplitLock), and --overwrite deletes only lt-dist's own files.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
-import shutil
 import sys
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from lt_dist import __version__
 from lt_dist.errors import UserInputError
-from lt_dist.shards.format import FORMAT_NAME, FORMAT_VERSION
+from lt_dist.shards.format import FORMAT_NAME, FORMAT_VERSION, file_sha256
 from lt_dist.shards.images import CHECKS
-from lt_dist.shards.manifest import is_split_dir, write_split_index
+from lt_dist.shards.manifest import (IDS_LIST, MANIFEST, PLAN_FILE, SHARD_TABLE, class_difference, is_split_dir,
+                                     read_info, write_split_index)
+from lt_dist.shards.outdir import (LOCK_FILE, SplitLock, check_split_name, foreign_entries,
+                                   remove_own_files)
 from lt_dist.shards.plan import SplitPlan, SubsetOptions, check_split, fingerprint, plan_splits
 from lt_dist.shards.sources import Source
 from lt_dist.shards.subset import group_by_label
 from lt_dist.shards.writer import ClassResult, ClassTask, PackError, ShardLimits, pack_class
-
-PLAN_FILE = ".pack-plan.json"
 
 
 @dataclass(frozen=True)
@@ -52,18 +60,33 @@ def pack(source: Source, subset: SubsetOptions, options: PackOptions, command: l
     """Pack every split of the plan; returns {split: summary dict}."""
     if options.check not in CHECKS:
         raise UserInputError(f"unknown --check {options.check!r}; choose one of {', '.join(CHECKS)}")
-    if options.workers < 1:
-        raise UserInputError(f"--workers must be >= 1, got {options.workers}")
+    max_workers = 4 * (os.cpu_count() or 1)
+    if not 1 <= options.workers <= max_workers:
+        raise UserInputError(f"--workers {options.workers} is out of range: 1 to {max_workers} "
+                             f"(4 per CPU of this machine)")
+    check_split_name(options.split)
+    if os.path.exists(options.out) and not os.path.isdir(options.out):
+        raise UserInputError(f"--out {options.out!r} is a file, not a folder")
     split_items = plan_splits(source, options.split, subset)
     num_classes = len(source.class_names)
     plans = {name: check_split(name, items, num_classes, options.skip_bad)
              for name, items in split_items.items()}
+    check_same_classes(options.out, list(plans), source.class_names)
+    for name in plans:  # before any lock file is created in a folder that is not ours
+        split_dir = os.path.join(options.out, check_split_name(name))
+        if os.path.isdir(split_dir) and (foreign := foreign_entries(split_dir)):
+            raise UserInputError(f"output folder {split_dir!r} holds files lt-dist did "
+                                 f"not write ({len(foreign)}, first: {foreign[0]!r}); pack leaves them alone: choose "
+                                 f"another --out or --split")
     sizes = {name: len(plan.items) for name, plan in plans.items()}
     context = {"command": command, "source": {"kind": source.kind, "location": source.location},
                "subset": asdict(subset), "split_sizes": sizes}
-    with _Runner(options.workers) as runner:
-        return {name: pack_split(plan, source.class_names, options, context, runner)
-                for name, plan in plans.items()}
+    with contextlib.ExitStack() as locks:
+        for name in sorted(plans):  # every split locked before any is touched
+            locks.enter_context(SplitLock(os.path.join(options.out, check_split_name(name))))
+        with _Runner(min(options.workers, num_classes)) as runner:
+            return {name: pack_split(plan, source.class_names, options, context, runner)
+                    for name, plan in plans.items()}
 
 
 def pack_split(plan: SplitPlan, class_names: list[str], options: PackOptions, context: dict,
@@ -97,24 +120,42 @@ def pack_split(plan: SplitPlan, class_names: list[str], options: PackOptions, co
 
 
 def _prepare_output(split_dir: str, stamp: str, overwrite: bool) -> bool:
-    """Make split_dir ready for this plan; True when it already holds the finished pack."""
+    """Make split_dir (created and locked by the caller) ready for this plan.
+
+    Returns True when it already holds this finished pack, intact. Deletes only
+    lt-dist's own files (outdir.is_own_file), and only with --overwrite or to repair
+    shards of this same plan that are missing or damaged.
+    """
     plan_path = os.path.join(split_dir, PLAN_FILE)
-    if os.path.isdir(split_dir) and os.listdir(split_dir):
-        if overwrite:
-            shutil.rmtree(split_dir)
-        elif not os.path.isfile(plan_path):
-            raise UserInputError(f"output folder {split_dir!r} already holds files that are not an "
-                                 f"lt-dist pack; choose another --out or pass --overwrite")
-        else:
-            with open(plan_path, encoding="utf-8") as handle:
-                previous = json.load(handle).get("fingerprint")
-            if previous != stamp:
-                raise UserInputError(
-                    f"output folder {split_dir!r} already holds a different dataset (plan "
-                    f"{str(previous)[:12]} there, {stamp[:12]} now); choose another --out or pass --overwrite")
-            if is_split_dir(split_dir):
+    if overwrite:
+        removed = remove_own_files(split_dir)
+        if removed:
+            _log(f"{split_dir}: --overwrite deleted {removed} files of an earlier pack")
+    foreign = foreign_entries(split_dir)
+    if foreign:
+        raise UserInputError(f"output folder {split_dir!r} already holds files that are not an lt-dist "
+                             f"pack (first: {foreign[0]!r}); choose another --out or --split")
+    own = [name for name in os.listdir(split_dir) if name != LOCK_FILE]
+    if own and not os.path.isfile(plan_path):
+        raise UserInputError(f"output folder {split_dir!r} holds lt-dist files without {PLAN_FILE}; "
+                             f"pass --overwrite to pack it anew")
+    if own:
+        previous = _read_plan(plan_path)
+        if previous != stamp:
+            raise UserInputError(
+                f"output folder {split_dir!r} already holds a different dataset (plan "
+                f"{str(previous)[:12]} there, {stamp[:12]} now); choose another --out or pass --overwrite")
+        if is_split_dir(split_dir):
+            damaged = damaged_shards(split_dir)
+            if not damaged and _index_readable(split_dir):
                 return True
-    os.makedirs(split_dir, exist_ok=True)
+            _log(f"{split_dir}: {len(damaged)} finished shards are missing or damaged "
+                 f"(first: {damaged[0]}); packing them again" if damaged else
+                 f"{split_dir}: its index files are damaged; writing them again")
+            os.remove(os.path.join(split_dir, MANIFEST))  # first: the folder is unfinished from here on
+            for name in damaged:
+                if os.path.exists(path := os.path.join(split_dir, name)):
+                    os.remove(path)
     for name in os.listdir(split_dir):  # temp files of a killed run
         if name.startswith(".") and ".tmp-" in name:
             os.remove(os.path.join(split_dir, name))
@@ -123,6 +164,51 @@ def _prepare_output(split_dir: str, stamp: str, overwrite: bool) -> bool:
         json.dump({"fingerprint": stamp, "format_version": FORMAT_VERSION}, handle)
     os.replace(temp, plan_path)
     return False
+
+
+def _read_plan(plan_path: str) -> str | None:
+    """The fingerprint recorded in .pack-plan.json (None when unreadable)."""
+    try:
+        with open(plan_path, encoding="utf-8") as handle:
+            return json.load(handle).get("fingerprint")
+    except (ValueError, AttributeError):  # torn or hand-edited: not this plan
+        return None
+
+
+def _index_readable(split_dir: str) -> bool:
+    """dataset.json reads and ids.txt is there (the shard table was checked shard by shard)."""
+    try:
+        read_info(split_dir)
+    except UserInputError:
+        return False
+    return os.path.isfile(os.path.join(split_dir, IDS_LIST))
+
+
+def damaged_shards(split_dir: str) -> list[str]:
+    """Shards of a finished split whose file is missing or whose size or sha256 differs
+    from the shard table (the whole table when shards.parquet itself is unreadable)."""
+    try:
+        rows = pq.read_table(os.path.join(split_dir, SHARD_TABLE)).to_pylist()
+    except (OSError, pa.ArrowException):
+        return [SHARD_TABLE]
+    damaged = []
+    for row in rows:
+        path = os.path.join(split_dir, row["path"])
+        if (not os.path.isfile(path) or os.path.getsize(path) != row["bytes"]
+                or file_sha256(path) != row["sha256"]):
+            damaged.append(row["path"])
+    return damaged
+
+
+def check_same_classes(out: str, splits: list[str], class_names: list[str]) -> None:
+    """Refuse to pack splits whose classes differ from the finished splits beside them."""
+    for entry in sorted(os.scandir(out), key=lambda e: e.name) if os.path.isdir(out) else []:
+        if entry.name in splits or not is_split_dir(entry.path):
+            continue
+        difference = class_difference(read_info(entry.path).get("class_names"), class_names)
+        if difference:
+            raise UserInputError(f"split {entry.name!r} in {out!r} has other classes ({difference}); splits "
+                                 f"of one dataset must share class names: choose another --out")
 
 
 def _run_tasks(tasks: list[ClassTask], runner: "_Runner", progress: bool, desc: str) -> list[ClassResult]:
@@ -139,8 +225,17 @@ def _run_tasks(tasks: list[ClassTask], runner: "_Runner", progress: bool, desc: 
     return sorted(results, key=lambda result: result.label)
 
 
+class PackWorkerDied(RuntimeError):
+    """A packing process ended without a result (killed, out of memory): a machine fault."""
+
+
 class _Runner:
-    """Runs ClassTasks in this process (workers=1) or in one spawn pool kept for all splits."""
+    """Runs ClassTasks in this process (workers=1) or in one spawn pool kept for all splits.
+
+    A ProcessPoolExecutor rather than multiprocessing.Pool: when a worker is killed,
+    Pool waits forever for the task it held; the executor fails every pending task
+    with BrokenProcessPool, which becomes PackWorkerDied.
+    """
 
     def __init__(self, workers: int):
         self.workers, self.pool, self.bar = workers, None, None
@@ -149,7 +244,8 @@ class _Runner:
         if self.workers > 1:
             context = mp.get_context("spawn")  # no fork of a process that may hold threads
             self.queue = context.Queue()
-            self.pool = context.Pool(self.workers, initializer=_init_worker, initargs=(self.queue,))
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker,
+                                            initargs=(self.queue,))
             self.reader = threading.Thread(target=self._drain_progress, daemon=True)
             self.reader.start()
         return self
@@ -158,7 +254,12 @@ class _Runner:
         self.bar = bar
         if self.pool is None:
             return [pack_class(task, bar.update) for task in tasks]
-        return list(self.pool.imap_unordered(_pack_in_worker, tasks))
+        futures = [self.pool.submit(_pack_in_worker, task) for task in tasks]
+        try:
+            return [future.result() for future in as_completed(futures)]
+        except BrokenProcessPool:
+            raise PackWorkerDied("a packing process died (killed, or out of memory); the shards finished "
+                                 "so far are kept: run the same command again to carry on") from None
 
     def _drain_progress(self) -> None:
         while (count := self.queue.get()) is not None:
@@ -166,8 +267,12 @@ class _Runner:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.pool is not None:
-            self.pool.terminate() if exc_type else self.pool.close()
-            self.pool.join()
+            if exc_type:  # stop now, as Pool.terminate did: the other classes' work is not wanted
+                for process in list(getattr(self.pool, "_processes", {}).values()):
+                    process.terminate()
+            self.pool.shutdown(wait=True, cancel_futures=bool(exc_type))
+            if exc_type:  # a killed worker may hold the queue's write lock: do not wait on it at exit
+                self.queue.cancel_join_thread()
             self.queue.put(None)
             self.reader.join(timeout=5)
 

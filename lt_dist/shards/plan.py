@@ -47,6 +47,10 @@ def plan_splits(source: Source, input_split: str, subset: SubsetOptions) -> dict
     """Items per output split: the (subset of the) input split, val, and other source splits."""
     items = source.splits[input_split]
     num_classes = len(source.class_names)
+    if subset.seed < 0:
+        raise UserInputError(f"--seed must be >= 0, got {subset.seed}")
+    if subset.val_per_class < 0:
+        raise UserInputError(f"--val-per-class must be >= 0, got {subset.val_per_class}")
     if subset.ids_file:
         if subset.profile:
             raise UserInputError("--ids and --profile exclude each other: the id list already is the subset")
@@ -55,6 +59,9 @@ def plan_splits(source: Source, input_split: str, subset: SubsetOptions) -> dict
     if subset.profile:
         available = np.bincount([item.label for item in items], minlength=num_classes)
         n_max = subset.max_per_class or int(available.min()) - subset.val_per_class
+        if n_max > available.max():  # checked before profile_counts sizes anything by it
+            raise UserInputError(f"--max-per-class {n_max} is more than the largest class has "
+                                 f"({int(available.max())} images)")
         counts = profile_counts(subset.profile, num_classes, n_max, subset.imbalance, subset.alpha)
         items, val = select_long_tailed(items, counts, subset.val_per_class, subset.seed)
     elif subset.max_per_class:

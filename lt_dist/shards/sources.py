@@ -7,6 +7,7 @@ pixels (IDX); reading its bytes is images.load_image's job.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", "
 IDX_IMAGE_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions (N, H, W)
 IDX_LABEL_MAGIC = 0x00000801  # unsigned bytes, 1 dimension (N,)
 IDX_SPLITS = {"train": "train", "test": "t10k"}  # our split name -> IDX file prefix
+# Above every real label space (iNaturalist 2018: 8,142; ImageNet-21k: 21,841): a label or
+# class count past it is a typo, refused before anything is sized by it.
+MAX_CLASSES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ def folder_source(root: str, split: str) -> Source:
     if not os.path.isdir(root):
         raise UserInputError(f"image folder {root!r} does not exist or is not a folder")
     class_names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    _check_no_loops(root, class_names)
     if not class_names:
         raise UserInputError(f"image folder {root!r} has no class sub-folders (expected ROOT/<class>/<image>)")
     items = []
@@ -61,6 +66,17 @@ def folder_source(root: str, split: str) -> Source:
     return Source("folder", root, class_names, {split: items})
 
 
+def _check_no_loops(root: str, class_names: list[str]) -> None:
+    """Refuse a class folder that is (a link to) the root or one of its parents: its walk
+    would take in every other class's images, or the whole tree above."""
+    real_root = os.path.realpath(root)
+    for name in class_names:
+        real = os.path.realpath(os.path.join(root, name))
+        if real_root == real or real_root.startswith(real.rstrip(os.sep) + os.sep):
+            raise UserInputError(f"class folder {os.path.join(root, name)!r} links to {real!r}, which "
+                                 f"contains the image folder itself; remove the link")
+
+
 def _image_files(class_dir: str) -> list[str]:
     """Image files under a class folder (recursively), relative to it."""
     found = []
@@ -72,31 +88,46 @@ def _image_files(class_dir: str) -> list[str]:
     return found
 
 
+def check_num_classes(num_classes: int, what: str = "--num-classes") -> int:
+    """num_classes if it is in [1, MAX_CLASSES]; UserInputError naming it if not."""
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise UserInputError(f"{what} {num_classes} is out of range: 1 to {MAX_CLASSES:,}")
+    return num_classes
+
+
 def read_split_list(list_path: str, num_classes: int | None = None) -> list[tuple[str, int, int]]:
     """Parse a split list: lines "relative/path label"; returns (path, label, line_no).
 
-    Raises UserInputError naming the file and line for a malformed line, a label that
-    is not an integer, or a label outside [0, num_classes).
+    Path and label are separated by the last run of whitespace; a UTF-8 byte-order
+    mark is ignored. Raises UserInputError naming the file and line for a malformed
+    line, bytes that are not UTF-8, a label that is not an integer, or a label
+    outside [0, num_classes) (or past MAX_CLASSES).
     """
     if not os.path.isfile(list_path):
-        raise UserInputError(f"split list {list_path!r} does not exist")
+        what = "is a folder, not a file" if os.path.isdir(list_path) else "does not exist"
+        raise UserInputError(f"split list {list_path!r} {what}")
+    limit = num_classes if num_classes is not None else MAX_CLASSES
     entries = []
-    with open(list_path, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            text = line.strip()
+    with open(list_path, "rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8").strip()
+            except UnicodeDecodeError as error:
+                raise UserInputError(f"{list_path}:{line_no}: not UTF-8 text (byte {raw[error.start]:#04x} "
+                                     f"at column {error.start + 1})") from None
             if not text or text.startswith("#"):
                 continue
-            path, _, label_text = text.rpartition(" ")
-            if not path:
+            parts = text.rsplit(None, 1)
+            if len(parts) != 2:
                 raise UserInputError(f"{list_path}:{line_no}: expected 'relative/path label', got {text!r}")
+            path, label_text = parts
             try:
                 label = int(label_text)
             except ValueError:
                 raise UserInputError(f"{list_path}:{line_no}: label {label_text!r} is not an integer") from None
-            if label < 0 or (num_classes is not None and label >= num_classes):
-                limit = f"[0, {num_classes})" if num_classes is not None else ">= 0"
-                raise UserInputError(f"{list_path}:{line_no}: label {label} is out of range {limit}")
-            entries.append((path.strip(), label, line_no))
+            if not 0 <= label < limit:
+                raise UserInputError(f"{list_path}:{line_no}: label {label} is out of range [0, {limit:,})")
+            entries.append((path, label, line_no))
     if not entries:
         raise UserInputError(f"split list {list_path!r} has no entries")
     return entries
@@ -105,15 +136,17 @@ def read_split_list(list_path: str, num_classes: int | None = None) -> list[tupl
 def list_source(list_path: str, root: str, split: str, num_classes: int | None = None,
                 class_names: list[str] | None = None) -> Source:
     """A benchmark split list (ImageNet-LT, Places-LT, iNaturalist) with paths under root."""
+    if num_classes is not None:
+        check_num_classes(num_classes)
     if class_names is not None:
         num_classes = num_classes or len(class_names)
     entries = read_split_list(list_path, num_classes)
     num_classes = num_classes or max(label for _, label, _ in entries) + 1
     present = Counter(label for _, label, _ in entries)
-    missing = [label for label in range(num_classes) if present[label] == 0]
-    if missing:
-        raise UserInputError(f"{list_path}: class {missing[0]} has no images "
-                             f"({len(missing)} of {num_classes} classes are empty: {missing[:10]})")
+    if len(present) < num_classes:  # found without walking range(num_classes): it may be huge
+        first = next(label for label in range(num_classes) if present[label] == 0)
+        raise UserInputError(f"{list_path}: class {first} has no images ({num_classes - len(present):,} of "
+                             f"{num_classes:,} classes are empty; every class needs at least one)")
     items = [Item(path, label, os.path.join(root, path), origin=f"{list_path}:{line_no}")
              for path, label, line_no in entries]
     names = class_names or [str(label) for label in range(num_classes)]
@@ -132,9 +165,11 @@ def read_idx(path: str, expected_magic: int) -> np.ndarray:
     if magic != expected_magic:
         raise UserInputError(f"{path}: IDX magic {magic:#010x}, expected {expected_magic:#010x}")
     ndim = magic & 0xFF
+    if len(data) < 4 + 4 * ndim:
+        raise UserInputError(f"{path}: IDX header is cut short ({len(data)} bytes)")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(shape)):
+    if body.size != math.prod(shape):  # python ints: a garbage header cannot overflow
         raise UserInputError(f"{path}: header says shape {shape} but holds {body.size} bytes")
     return body.reshape(shape)
 

@@ -42,11 +42,14 @@ def load_counts(path: str | None = None, counts_file: str | None = None) -> dict
         try:
             with open(counts_file, encoding="utf-8") as handle:
                 data = json.load(handle)
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, ValueError) as error:  # ValueError: bad JSON or bad UTF-8
             raise UserInputError(f"cannot read counts file {counts_file!r}: {error}") from None
         values = data.get("samples_per_class", data.get("counts")) if isinstance(data, dict) else data
         if not isinstance(values, list):
             raise UserInputError(f"{counts_file}: expected a JSON list of per-class counts")
+        bad = next((v for v in values if type(v) is not int or not 0 <= v < 2**62), None)
+        if bad is not None:
+            raise UserInputError(f"{counts_file}: {bad!r} is not a class count (an integer >= 0)")
         return {os.path.basename(counts_file): np.asarray(values, dtype=np.int64)}
     if path is None:
         raise UserInputError("give a packed dataset, a split list, or --counts FILE.json")

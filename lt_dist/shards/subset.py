@@ -29,12 +29,12 @@ def profile_counts(profile: str, num_classes: int, max_per_class: int,
     """
     if profile not in PROFILES:
         raise UserInputError(f"unknown --profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    if imbalance < 1:
-        raise UserInputError(f"--imbalance must be >= 1, got {imbalance}")
+    if not 1 <= imbalance < float("inf"):  # NaN fails this too
+        raise UserInputError(f"--imbalance must be a finite number >= 1, got {imbalance}")
     if max_per_class < 1:
         raise UserInputError(f"--max-per-class must be >= 1, got {max_per_class}")
-    if profile == "pareto" and alpha <= 0:
-        raise UserInputError(f"--alpha must be > 0, got {alpha}")
+    if profile == "pareto" and not 0 < alpha < float("inf"):
+        raise UserInputError(f"--alpha must be a finite number > 0, got {alpha}")
     position = np.arange(num_classes) / max(num_classes - 1, 1)  # j / (C - 1)
     if profile == "exp":
         fraction = imbalance ** -position

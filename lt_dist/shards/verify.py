@@ -3,7 +3,8 @@
 Per shard: the file exists, its size and sha256 match, its members are exactly the
 manifest's samples (key, image member at the recorded offset and size, a `cls`
 member equal to the shard's class). With decode=True every image is also decoded
-from its manifest offset (the way the loader reads it).
+from its manifest offset (the way the loader reads it). A split given as a URL is
+checked from the node cache: each shard is downloaded once (and kept there).
 """
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ import tarfile
 from dataclasses import dataclass, field
 
 from lt_dist.shards.format import file_sha256
-from lt_dist.shards.images import decode_image
+from lt_dist.shards.images import decode_image, stored_as_read
 from lt_dist.shards.manifest import load_manifest
+from lt_dist.storage.mirror import node_cache, source_url
+from lt_dist.storage.retry import RemoteError
+from lt_dist.storage.urls import join_url
 
 
 @dataclass
@@ -38,10 +42,12 @@ def verify_split(split_dir: str, decode: bool = False, progress=lambda n: None) 
     rows_by_shard: dict[str, list[dict]] = {}
     for row in manifest.samples.to_pylist():
         rows_by_shard.setdefault(row["shard"], []).append(row)
+    remote = source_url(manifest.split_dir)
     for shard in manifest.shards.to_pylist():
         report.num_shards += 1
         rows = rows_by_shard.pop(shard["path"], [])
-        _verify_shard(os.path.join(report.split_dir, shard["path"]), shard, rows, decode, report)
+        if remote is None or _fetched(join_url(remote, shard["path"]), shard, report):
+            _verify_shard(os.path.join(report.split_dir, shard["path"]), shard, rows, decode, report)
         progress(len(rows))
     for name in rows_by_shard:
         report.problems.append(f"manifest rows point at {name}, which the shard table does not list")
@@ -52,6 +58,19 @@ def verify_split(split_dir: str, decode: bool = False, progress=lambda n: None) 
             report.problems.append(f"class {label}: dataset.json says {count} samples, manifest has "
                                    f"{int((counts == label).sum())}")
     return report
+
+
+def _fetched(url: str, shard: dict, report: VerifyReport) -> bool:
+    """Bring a remote shard into the cache (size and sha256 checked there); False and a
+    problem when it is missing or does not match."""
+    try:
+        node_cache().get(url, shard["bytes"], shard["sha256"])
+        return True
+    except FileNotFoundError:
+        report.problems.append(f"{shard['path']}: shard file is missing ({url} not found)")
+    except (RemoteError, PermissionError) as error:
+        report.problems.append(f"{shard['path']}: {error}")
+    return False
 
 
 def _verify_shard(path: str, shard: dict, rows: list[dict], decode: bool, report: VerifyReport) -> None:
@@ -106,7 +125,12 @@ def _decode_rows(path: str, rows: list[dict], report: VerifyReport) -> None:
             handle.seek(row["offset"])
             data = handle.read(row["size"])
             try:
-                decode_image(data)
+                image = decode_image(data)
                 report.decoded += 1
             except Exception as error:  # PIL raises many types for broken data
                 report.problems.append(f"{os.path.basename(path)}: {row['key']} does not decode: {error}")
+                continue
+            if not stored_as_read(image.format, image.mode, data):  # packed by an older lt-dist
+                report.problems.append(f"{os.path.basename(path)}: {row['key']} is {image.format} "
+                                       f"({image.mode}), which DALI and torchvision do not decode alike; "
+                                       f"pack the split again with --overwrite")

@@ -13,8 +13,8 @@ import tarfile
 from dataclasses import dataclass
 from typing import Callable
 
-from lt_dist.shards.format import (SampleRecord, ShardRecord, TarShardWriter, file_sha256, make_key,
-                                   shard_name)
+from lt_dist.shards.format import (TAR_BLOCK, SampleRecord, ShardRecord, TarShardWriter, file_sha256,
+                                   make_key, shard_name)
 from lt_dist.shards.images import BadImage, load_image
 from lt_dist.shards.sources import Item
 
@@ -71,7 +71,11 @@ def _reuse_finished(task: ClassTask, result: ClassResult) -> int:
     position, index = 0, 0
     by_key = {make_key(item.id): i for i, item in enumerate(task.items)}
     while os.path.exists(path := os.path.join(task.out_dir, shard_name(task.label, index))):
-        shard, samples = read_shard_index(path, task.label, task.items, by_key)
+        try:
+            shard, samples = read_shard_index(path, task.label, task.items, by_key)
+        except (tarfile.TarError, EOFError):  # damaged after it was finished: write it again
+            os.remove(path)
+            break
         last = by_key[samples[-1].key]
         present = {sample.key for sample in samples}
         for item in task.items[position:last]:  # skipped by the earlier run
@@ -87,11 +91,12 @@ def _reuse_finished(task: ClassTask, result: ClassResult) -> int:
 def read_shard_index(path: str, label: int, items: list[Item],
                      by_key: dict[str, int]) -> tuple[ShardRecord, list[SampleRecord]]:
     """Rebuild the manifest rows of a finished shard from the tar itself."""
-    samples = []
+    samples, labels = [], 0
     with tarfile.open(path, "r") as tar:
         for member in tar:
             key, _, ext = member.name.partition(".")
             if ext == "cls":
+                labels += 1
                 continue
             if key not in by_key:
                 raise PackError(f"{path} holds {key!r}, which this pack does not contain; "
@@ -99,11 +104,21 @@ def read_shard_index(path: str, label: int, items: list[Item],
             item = items[by_key[key]]
             samples.append(SampleRecord(key, item.id, label, os.path.basename(path),
                                         member.offset_data, member.size, ext, 0, 0))
-    if not samples:
-        raise PackError(f"{path} is an empty shard; delete it and pack again")
+        end = tar.offset  # where the last member's padded data ends
+    _check_complete(path, end, len(samples), labels)
     shard = ShardRecord(os.path.basename(path), label, len(samples), os.path.getsize(path),
                         file_sha256(path))
     return shard, _with_sizes(samples, items, by_key)
+
+
+def _check_complete(path: str, end: int, samples: int, labels: int) -> None:
+    """tarfile reads a tar cut at a member boundary as a shorter archive without error:
+    a finished shard must also hold a label per image and end in the end-of-archive blocks."""
+    with open(path, "rb") as handle:
+        handle.seek(end)
+        tail = handle.read(2 * TAR_BLOCK)
+    if not samples or labels != samples or tail != bytes(2 * TAR_BLOCK):
+        raise tarfile.ReadError(f"{path} is not a complete shard")
 
 
 def _with_sizes(samples: list[SampleRecord], items: list[Item], by_key: dict) -> list[SampleRecord]:

@@ -15,7 +15,9 @@ its rows enter normalised and w_j / ||w_j||^tau has the same direction for every
 (`.tau` records the requested value); lws learns f_j on its logits, f_j s cos(x, w_j).
 ncm, crt and cosine ignore the stage-1 head.
 `params` may be partial: missing keys take DEFAULT_PARAMS[method]; every method also
-accepts "threads" (torch intra-op threads for the fit, restored after; default: as is).
+accepts "threads" (torch intra-op threads for the fit, restored after; default: as is)
+and "device" (where the trained methods fit: "cpu", "cuda", "cuda:N"; the closed-form
+ones are numpy and ignore it; predictors always come back as numpy on the CPU).
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ import torch.nn.functional as F
 
 from lt_dist.stage2.heads import (CosinePredictor, LinearPredictor, NCMPredictor, ncm_centroids, scale_rows,
                                   tau_normalize)
-from lt_dist.stage2.training import TrainConfig, batch_for_steps, torch_threads, train_head, uniform_init
+from lt_dist.stage2.training import (TrainConfig, batch_for_steps, fit_device, torch_threads, train_head,
+                                     uniform_init)
 from lt_dist.stage2.types import FeatureSplit, Predictor, StageOneClassifier
 
 Method = Callable[[FeatureSplit, StageOneClassifier, dict, int], Predictor]
@@ -53,7 +56,7 @@ DEFAULT_PARAMS: dict[str, dict] = {
     # (on small data a learned s collapses towards 0, and with it every class's margin)
     "cosine": {**_FRESH, "epochs": 10, "weight_decay": 5e-4, "scale_init": 16.0, "learn_scale": False},
 }
-COMMON_PARAMS = {"threads": None}  # accepted by every method
+COMMON_PARAMS = {"threads": None, "device": "cpu"}  # accepted by every method
 
 SEARCH_SPACE: dict[str, list[dict]] = {
     "joint": [{}],
@@ -87,7 +90,7 @@ def _train(params: dict, groups: list[dict], logits_fn, train: FeatureSplit, num
                          lr=float(params["lr"]), momentum=float(params["momentum"]),
                          lr_schedule=str(params["lr_schedule"]))
     with torch_threads(params["threads"]):
-        train_head(groups, logits_fn, train, num_classes, config, seed)
+        train_head(groups, logits_fn, train, num_classes, config, seed, device=fit_device(params["device"]))
 
 
 def fit_joint(train: FeatureSplit, classifier: StageOneClassifier, params: dict, seed: int) -> LinearPredictor:
@@ -117,12 +120,13 @@ def fit_crt(train: FeatureSplit, classifier: StageOneClassifier, params: dict, s
     """A fresh linear layer (nn.Linear's init, seeded) trained on class-balanced batches."""
     params = resolve_params("crt", params)
     num_classes, dim = classifier.weight.shape
-    generator = torch.Generator().manual_seed(seed)
-    weight = uniform_init((num_classes, dim), dim, generator).requires_grad_()
-    bias = uniform_init((num_classes,), dim, generator).requires_grad_()
+    generator, device = torch.Generator().manual_seed(seed), fit_device(params["device"])
+    # drawn on the CPU from the seeded generator: the same start on every device
+    weight = uniform_init((num_classes, dim), dim, generator).to(device).requires_grad_()
+    bias = uniform_init((num_classes,), dim, generator).to(device).requires_grad_()
     groups = [{"params": [weight, bias], "weight_decay": float(params["weight_decay"])}]
     _train(params, groups, lambda x: x @ weight.T + bias, train, num_classes, seed)
-    return LinearPredictor(weight.detach().numpy(), bias.detach().numpy())
+    return LinearPredictor(weight.detach().cpu().numpy(), bias.detach().cpu().numpy())
 
 
 def fit_lws(train: FeatureSplit, classifier: StageOneClassifier, params: dict, seed: int) -> LinearPredictor:
@@ -131,8 +135,11 @@ def fit_lws(train: FeatureSplit, classifier: StageOneClassifier, params: dict, s
     f_j (w_j . x + b_j) = (f_j w_j) . x + f_j b_j, so the predictor is a plain linear one.
     """
     params = resolve_params("lws", params)
-    weight, bias = torch.from_numpy(classifier.weight.copy()), torch.from_numpy(classifier.bias.copy())
-    scales = torch.ones(classifier.num_classes, requires_grad=True)
+    device = fit_device(params["device"])
+    # copy(): the stored classifier may be a read-only memory map, which torch will not wrap
+    weight = torch.from_numpy(classifier.weight.copy()).to(device)
+    bias = torch.from_numpy(classifier.bias.copy()).to(device)
+    scales = torch.ones(classifier.num_classes, device=device, requires_grad=True)
     groups = [{"params": [scales], "weight_decay": float(params["weight_decay"])}]
     cosine = classifier.cosine_scale
 
@@ -142,7 +149,7 @@ def fit_lws(train: FeatureSplit, classifier: StageOneClassifier, params: dict, s
         return (x @ weight.T + bias) * scales
 
     _train(params, groups, logits_fn, train, classifier.num_classes, seed)
-    learned = scales.detach().numpy().copy()
+    learned = scales.detach().cpu().numpy().copy()
     if cosine is not None:
         return CosinePredictor(classifier.weight, cosine * learned, scales=learned)
     return LinearPredictor(classifier.weight * learned[:, None], classifier.bias * learned, scales=learned)
@@ -157,8 +164,9 @@ def fit_learned_tau(train: FeatureSplit, classifier: StageOneClassifier, params:
     params = resolve_params("learned_tau", params)
     if classifier.cosine_scale is not None:  # no gradient reaches tau through normalised rows
         return CosinePredictor(classifier.weight, classifier.cosine_scale, tau=float(params["tau_init"]))
-    weight = torch.from_numpy(classifier.weight.copy())
-    tau = torch.tensor(float(params["tau_init"]), requires_grad=True)
+    device = fit_device(params["device"])
+    weight = torch.from_numpy(classifier.weight.copy()).to(device)
+    tau = torch.tensor(float(params["tau_init"]), device=device, requires_grad=True)
     groups = [{"params": [tau], "weight_decay": float(params["weight_decay"])}]
     _train(params, groups, lambda x: x @ scale_rows(weight, tau).T, train, classifier.num_classes, seed)
     learned = float(tau.detach())
@@ -169,8 +177,9 @@ def fit_cosine(train: FeatureSplit, classifier: StageOneClassifier, params: dict
     """s * cos(x, w_j) with W re-initialised; s = scale_init, learned only with learn_scale; `.weight`, `.scale`."""
     params = resolve_params("cosine", params)
     num_classes, dim = classifier.weight.shape
-    weight = uniform_init((num_classes, dim), dim, torch.Generator().manual_seed(seed)).requires_grad_()
-    scale = torch.tensor(float(params["scale_init"]), requires_grad=bool(params["learn_scale"]))
+    device = fit_device(params["device"])
+    weight = uniform_init((num_classes, dim), dim, torch.Generator().manual_seed(seed)).to(device).requires_grad_()
+    scale = torch.tensor(float(params["scale_init"]), device=device, requires_grad=bool(params["learn_scale"]))
     groups = [{"params": [weight], "weight_decay": float(params["weight_decay"])}]
     if params["learn_scale"]:
         groups.append({"params": [scale], "weight_decay": 0.0})  # decaying s would only shrink the logits
@@ -179,7 +188,7 @@ def fit_cosine(train: FeatureSplit, classifier: StageOneClassifier, params: dict
         return scale * F.normalize(x, dim=1) @ F.normalize(weight, dim=1).T
 
     _train(params, groups, logits_fn, train, num_classes, seed)
-    return CosinePredictor(weight.detach().numpy(), float(scale.detach()))
+    return CosinePredictor(weight.detach().cpu().numpy(), float(scale.detach()))
 
 
 # The name table: every method has the signature of Method.

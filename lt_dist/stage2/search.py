@@ -97,11 +97,13 @@ def evaluate_chosen(features_dir: str, method: str, params: dict, seed: int) -> 
     Returns:
         {"scores": {"test_many", ..., "test_all"} ({} without a test split),
          "per_class": (C,) test accuracy in percent (None without test),
-         "weight": (C, D) effective weights for the weight-norm figure, or None}.
+         "weight": (C, D) effective weights for the weight-norm figure, or None,
+         "predictor": the refitted predictor (saved under results/NAME/heads/)}.
     """
     predictor, splits, classifier, _ = _fit(features_dir, ("train", "test"), method, params, seed)
     weight = getattr(predictor, "weight", None)
-    chosen = {"scores": {}, "per_class": None, "weight": None if weight is None else np.asarray(weight)}
+    chosen = {"scores": {}, "per_class": None, "weight": None if weight is None else np.asarray(weight),
+              "predictor": predictor}
     if "test" in splits:
         logits = predictor(splits["test"].features)
         chosen["scores"] = _scores(predictor, splits["test"], classifier, "test")

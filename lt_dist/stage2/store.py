@@ -7,7 +7,8 @@ features/NAME/
                                          batch, so the (N, D) matrix is one zero-copy view
     classifier.arrow                     one row per class: class_name, train_count (int64),
                                          bias (float32), weight (fixed_size_list<float32>[D])
-    features.json                        splits, dimensions, counts, source run and data
+    features.json                        splits, dimensions, counts, source run and data, and
+                                         the sha256 of the best_model.pt that made each split
 """
 from __future__ import annotations
 
@@ -57,8 +58,47 @@ def write_classifier(folder: str, weight: np.ndarray, bias: np.ndarray, train_co
 
 
 def write_index(folder: str, info: dict) -> None:
-    with open(os.path.join(folder, INDEX), "w", encoding="utf-8") as handle:
+    """features.json by temp file + rename (a reader sees the old index or the new one)."""
+    path = os.path.join(folder, INDEX)
+    temp = f"{path}.tmp-{os.getpid()}"
+    with open(temp, "w", encoding="utf-8") as handle:
         json.dump(info, handle, indent=1)
+    os.replace(temp, path)
+
+
+def read_index(folder: str) -> dict | None:
+    """features.json of a folder, None when there is none; UserInputError when it is unreadable."""
+    path = os.path.join(folder, INDEX)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            info = json.load(handle)
+        if not isinstance(info, dict) or not isinstance(info.get("splits", {}), dict):
+            raise ValueError("not an object with splits")
+    except (OSError, ValueError) as error:
+        raise UserInputError(f"{path!r} is not a readable features index ({error})") from None
+    return info
+
+
+def check_provenance(folder: str, info: dict | None, present: list[str]) -> None:
+    """Every stored split must come from the checkpoint the index records (its sha256).
+
+    Folders whose index records no checkpoint hash (features written by other tools, or
+    synthetic ones) are taken as they are.
+    """
+    if info is None or "ckpt_sha256" not in info:
+        return
+    sha = info["ckpt_sha256"]
+    for split in present:
+        entry = info.get("splits", {}).get(split)
+        if not isinstance(entry, dict):
+            raise UserInputError(f"{folder}/{split}.arrow is not recorded in {INDEX} (an unfinished "
+                                 f"`lt_dist extract`?): extract {split} again")
+        if entry.get("ckpt_sha256") != sha:
+            raise UserInputError(f"{folder}/{split}.arrow comes from checkpoint sha256 "
+                                 f"{str(entry.get('ckpt_sha256'))[:12]}, the classifier from {str(sha)[:12]}: "
+                                 f"features of different checkpoints are never mixed")
 
 
 @dataclass
@@ -73,7 +113,10 @@ class StoredSplit:
 def _read_ipc(path: str) -> pa.Table:
     if not os.path.isfile(path):
         raise UserInputError(f"{path!r} does not exist")
-    return pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
+    try:
+        return pa.ipc.open_file(pa.memory_map(path, "r")).read_all()
+    except (pa.ArrowException, OSError) as error:
+        raise UserInputError(f"{path!r} is not a readable Arrow features file ({str(error)[:120]})") from None
 
 
 def _matrix(column: pa.ChunkedArray) -> np.ndarray:
@@ -85,8 +128,12 @@ def _matrix(column: pa.ChunkedArray) -> np.ndarray:
 
 def read_split(folder: str, split: str) -> StoredSplit:
     """Memory-map features/NAME/<split>.arrow."""
-    table = _read_ipc(os.path.join(folder, f"{split}.arrow"))
-    return StoredSplit(_matrix(table.column("feature")), table.column("label").to_numpy(), table.column("key"))
+    path = os.path.join(folder, f"{split}.arrow")
+    table = _read_ipc(path)
+    try:
+        return StoredSplit(_matrix(table.column("feature")), table.column("label").to_numpy(), table.column("key"))
+    except (KeyError, AttributeError, pa.ArrowException) as error:
+        raise UserInputError(f"{path!r} is not a features table of `lt_dist extract` ({error})") from None
 
 
 def read_classifier(folder: str) -> dict:
@@ -97,14 +144,14 @@ def read_classifier(folder: str) -> dict:
         raise UserInputError(f"{folder!r} has no stage-1 classifier ({CLASSIFIER}); run `lt_dist extract` "
                              f"with the stage-1 checkpoint")
     table = _read_ipc(path)
-    index = {}
-    if os.path.isfile(os.path.join(folder, INDEX)):
-        with open(os.path.join(folder, INDEX), encoding="utf-8") as handle:
-            index = json.load(handle)
-    return {"weight": _matrix(table.column("weight")), "bias": table.column("bias").to_numpy(),
-            "train_counts": table.column("train_count").to_numpy(),
-            "class_names": table.column("class_name").to_pylist(),
-            "cosine_scale": index.get("cosine_scale") if index.get("head") == "cosine" else None}
+    index = read_index(folder) or {}
+    try:
+        return {"weight": _matrix(table.column("weight")), "bias": table.column("bias").to_numpy(),
+                "train_counts": table.column("train_count").to_numpy(),
+                "class_names": table.column("class_name").to_pylist(),
+                "cosine_scale": index.get("cosine_scale") if index.get("head") == "cosine" else None}
+    except (KeyError, AttributeError, pa.ArrowException) as error:
+        raise UserInputError(f"{path!r} is not a classifier table of `lt_dist extract` ({error})") from None
 
 
 def read_train_views(folder: str) -> tuple[np.ndarray, ...]:
@@ -131,6 +178,8 @@ def load_features(folder: str, splits: tuple[str, ...] = ("train", "val", "test"
     """
     if not os.path.isdir(folder):
         raise UserInputError(f"features folder {folder!r} does not exist")
+    present = [split for split in splits if os.path.isfile(os.path.join(folder, f"{split}.arrow"))]
+    check_provenance(folder, read_index(folder), present)
     classifier = read_classifier(folder)
     num_classes, dim = classifier["weight"].shape
     stored = {}
@@ -140,6 +189,8 @@ def load_features(folder: str, splits: tuple[str, ...] = ("train", "val", "test"
         data = read_split(folder, split)
         if data.features.shape[1] != dim:
             raise UserInputError(f"{split} features are {data.features.shape[1]}-d but the classifier is {dim}-d")
+        if len(data.labels) and int(data.labels.min()) < 0:
+            raise UserInputError(f"{split} has label {int(data.labels.min())}; labels are class indices >= 0")
         if len(data.labels) and int(data.labels.max()) >= num_classes:
             raise UserInputError(f"{split} has label {int(data.labels.max())} but the classifier has "
                                  f"{num_classes} classes")

@@ -2,8 +2,9 @@
 
 Frozen features in, a few parameters out: class-balanced batches from the project's
 sampler, cross-entropy, SGD with momentum and a per-step cosine learning rate to 0.
-float32 on the CPU; every random choice comes from `seed` (sampler and initialisation),
-so the same seed and thread count give the same parameters.
+float32 on the CPU or a GPU (`device`; the sampler always runs on the CPU); every random
+choice comes from `seed` (sampler and initialisation), so the same seed, device and
+thread count give the same parameters.
 """
 from __future__ import annotations
 
@@ -76,15 +77,30 @@ def cosine_lr(peak: float, step: int, total_steps: int) -> float:
     return 0.5 * peak * (1.0 + math.cos(math.pi * step / max(total_steps, 1)))
 
 
+def fit_device(device: str | torch.device) -> torch.device:
+    """torch.device of a stage-2 fit; ValueError naming the value for an unknown one or CUDA without CUDA."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}; accepted: cpu, cuda, cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} needs CUDA, and torch.cuda.is_available() is False")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; accepted: cpu, cuda, cuda:N")
+    return resolved
+
+
 def train_head(param_groups: list[dict], logits_fn: Callable[[torch.Tensor], torch.Tensor], train: FeatureSplit,
-               num_classes: int, config: TrainConfig, seed: int) -> list[float]:
+               num_classes: int, config: TrainConfig, seed: int,
+               device: torch.device = torch.device("cpu")) -> list[float]:
     """Minimise cross-entropy of logits_fn over balanced batches of `train`; updates the params in place.
 
     Args:
         param_groups: torch.optim groups ({"params": [...], "weight_decay": float}).
-        logits_fn: (B, D) float32 features -> (B, C) logits.
+        logits_fn: (B, D) float32 features -> (B, C) logits; its parameters live on `device`.
+        device: where each batch goes (the features stay in host memory, memory-mapped).
     Returns:
-        the loss of every step (floats; the loop runs on the CPU, .item() costs nothing).
+        the loss of every step (floats, read back once at the end: no device sync per step).
     """
     optimizer = torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum)
     per_epoch = steps_per_epoch(len(train.labels), config.batch_size)
@@ -97,13 +113,14 @@ def train_head(param_groups: list[dict], logits_fn: Callable[[torch.Tensor], tor
         # augmented views (extract --train-views): epoch e reads view e % K; else the eval features
         source = train.views[(step // per_epoch) % len(train.views)] if train.views else train.features
         # fancy indexing copies: torch never sees the read-only memory-mapped matrix
-        features = torch.from_numpy(source[rows])
-        loss = F.cross_entropy(logits_fn(features), torch.from_numpy(train.labels[rows]))
+        features = torch.from_numpy(source[rows]).to(device, non_blocking=True)
+        labels = torch.from_numpy(train.labels[rows]).to(device, non_blocking=True)
+        loss = F.cross_entropy(logits_fn(features), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
-    return losses
+        losses.append(loss.detach())
+    return torch.stack(losses).tolist() if losses else []
 
 
 def uniform_init(shape: tuple[int, ...], fan_in: int, generator: torch.Generator) -> torch.Tensor:
