@@ -9,7 +9,7 @@ reported once). Two tables, mean ± std (sample std, ddof 1) over the seeds, tes
     2. per stage-1 configuration: Joint/cRT/tau-norm/LWS All, Joint/cRT Few (Figure 1)
 
 Configurations: instance (the demo's CE), class, sqrt, logit_adjusted (instance sampler,
-logit-adjusted CE, tau 1), progressive (not run by default). Runs live under
+logit-adjusted CE, tau 1), progressive and ldam (LDAM-DRW on a cosine head; not run by default). Runs live under
 --work-dir/e<EPOCHS>/<config>-s<seed>/ (run/, features/, results/, logs); a run whose
 results/table.csv exists is skipped, an interrupted one resumes. Writes
 bench/results/fashion_lt.json and bench/results/fashion_lt.png. Long: ~7 min per run
@@ -47,6 +47,8 @@ CONFIGS = {
     "logit_adjusted": ("logit-adjusted CE (instance, τ=1)",
                        ["--sampler", "instance", "--loss", "logit_adjusted", "--loss-param", "tau=1"]),
     "progressive": ("progressively-balanced", ["--sampler", "progressive"]),
+    # LDAM-DRW on its cosine head (the default head for --loss ldam)
+    "ldam": ("LDAM-DRW (instance, cosine head)", ["--sampler", "instance", "--loss", "ldam"]),
 }
 METHODS = {"joint": "Joint", "ncm": "NCM", "crt": "cRT", "tau_norm": "τ-norm", "lws": "LWS"}
 GROUPS = ("many", "medium", "few", "all")

@@ -51,7 +51,7 @@ def _loss_param(text: str) -> tuple[str, float | bool]:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    """Flags of stage 1 (reusable by wrappers); defaults from SPEC.md for ImageNet-LT."""
+    """Flags of stage 1 (reusable by wrappers); defaults from docs/METHOD.md for ImageNet-LT."""
     defaults = TrainConfig(data="", out="")
     parser = OneLineArgumentParser(prog="train_repr", description=__doc__.format(losses=loss_help()),
                                    add_help=add_help, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,14 +70,23 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "(default: %(default)s; the paper's best representation is instance-balanced)")
     arg("--sampler-draw", default=defaults.sampler_draw, choices=("stratified", "iid"),
         help="exact per-epoch class quotas or i.i.d. draws (default: %(default)s)")
-    arg("--loss", default=defaults.loss, help="ce | focal | class_balanced | ldam | logit_adjusted (default: "
-        "%(default)s; parameters above)")
+    arg("--loss", default=defaults.loss, help="ce | focal | class_balanced | class_balanced_focal | ldam | "
+        "logit_adjusted (default: %(default)s; parameters above)")
     arg("--loss-param", action="append", type=_loss_param, default=[], metavar="NAME=VALUE",
         help="a parameter of the loss, repeatable (the list above names each loss's)")
+    arg("--head", choices=("linear", "cosine"), default=None,
+        help="classifier head: linear, or cosine (normalised features and weights); default: cosine "
+        "for --loss ldam (as Cao et al.), linear otherwise")
     arg("--epochs", type=int, default=defaults.epochs, help="epochs of n samples (default: %(default)s)")
     arg("--seed", type=int, default=defaults.seed, help="model init, sampling, augmentation (default: %(default)s)")
-    arg("--train-preset", default=defaults.train_preset, help="imagenet_train | small_train (default: %(default)s)")
-    arg("--eval-preset", default=defaults.eval_preset, help="imagenet_eval | small_eval (default: %(default)s)")
+    arg("--train-preset", default=defaults.train_preset,
+        help="imagenet_train | inat_train | small_train (default: %(default)s; Places-LT: imagenet_*)")
+    arg("--eval-preset", default=defaults.eval_preset, help="imagenet_eval | inat_eval | small_eval "
+        "(default: %(default)s)")
+    arg("--no-jitter", action="store_true", help="no colour jitter in the train preset")
+    arg("--init-from", default=None, metavar="FILE",
+        help="start the backbone from a state dict: a best_model.pt or a torchvision ResNet/ResNeXt "
+        "state dict (its classifier is skipped); e.g. ImageNet-pretrained ResNet-152 for Places-LT")
     arg("--image-size", type=int, help="crop size of both presets (e.g. 28 for Fashion-MNIST)")
     arg("--decoder", default=default_decoder(), choices=("dali", "torchvision"),
         help="dali (GPU 'mixed' when CUDA is there, else CPU) or torchvision (nvJPEG in batches when CUDA "
@@ -107,9 +116,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig from parsed flags."""
     return TrainConfig(data=args.data, out=args.out, arch=args.arch, small_input=args.small_input,
                        sampler=args.sampler, sampler_draw=args.sampler_draw, loss=args.loss,
-                       loss_params=dict(args.loss_param), epochs=args.epochs, seed=args.seed,
+                       loss_params=dict(args.loss_param), head=args.head, epochs=args.epochs, seed=args.seed,
                        train_preset=args.train_preset, eval_preset=args.eval_preset,
-                       image_size=args.image_size, decoder=args.decoder, workers=args.workers,
+                       image_size=args.image_size, no_jitter=args.no_jitter, init_from=args.init_from,
+                       decoder=args.decoder, workers=args.workers,
                        ckpt_every=args.ckpt_every, ckpt_minutes=args.ckpt_minutes,
                        keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, progress=args.progress,
                        resume=args.resume, eval_batch_size=args.eval_batch_size, grace_seconds=args.grace_seconds)

@@ -1,6 +1,6 @@
 """Run settings of stage 1 as one frozen dataclass: load, validate, dump.
 
-Every field carries a one-line comment; defaults follow SPEC.md (ImageNet-LT).
+Every field carries a one-line comment; defaults follow docs/METHOD.md (ImageNet-LT).
 The optimiser, batch sizes and precision live in the DeepSpeed config (ds.json),
 never here, so the two cannot disagree.
 """
@@ -23,11 +23,14 @@ class TrainConfig:
     sampler_draw: str = "stratified"  # exact per-epoch class quotas or "iid"
     loss: str = "ce"  # losses.LOSSES name
     loss_params: dict = field(default_factory=dict)  # keyword arguments of the loss
+    head: str | None = None  # "linear" | "cosine"; None: cosine for ldam (Cao et al.), else linear
     epochs: int = 90  # passes of n samples each (n = training-set size)
     seed: int = 0  # model init, sampling and augmentation
     train_preset: str = "imagenet_train"  # presets.PRESETS name for training
     eval_preset: str = "imagenet_eval"  # presets.PRESETS name for val/test
     image_size: int | None = None  # crop size override of both presets
+    no_jitter: bool = False  # switch the train preset's colour jitter off (the official iNaturalist recipe)
+    init_from: str | None = None  # state dict to start the backbone from (best_model.pt or torchvision format)
     decoder: str = "dali"  # "dali" | "torchvision"
     workers: int = 2  # DataLoader workers per rank
     ckpt_every: int = 0  # also checkpoint every this many optimizer steps (0: per epoch only)
@@ -63,6 +66,11 @@ def validate(config: TrainConfig) -> None:
             check_int(name, value, low, high)
     if config.decoder not in ("dali", "torchvision"):
         raise ValueError(f"unknown decoder {config.decoder!r}; choose dali or torchvision")
+    if config.head not in (None, "linear", "cosine"):
+        raise ValueError(f"unknown head {config.head!r}; choose linear or cosine")
+    # LDAM's margins (up to 0.5) are defined on cosines in [-1, 1]; on raw logits they are not LDAM
+    if config.loss == "ldam" and config.head == "linear":
+        raise ValueError("--loss ldam needs the cosine head: --head linear cannot be combined with --loss ldam")
     for name, value in config.loss_params.items():
         if not isinstance(value, (bool, int, float)) or value != value or value in (float("inf"), float("-inf")):
             raise ValueError(f"loss parameter {name}={value!r} must be a finite number or true/false")
@@ -70,6 +78,16 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"ckpt_minutes must be in [0, 10080], got {config.ckpt_minutes}")
     if not 0 < config.grace_seconds <= 86400:
         raise ValueError(f"grace_seconds must be in (0, 86400], got {config.grace_seconds}")
+
+
+def resolve_head(config: TrainConfig) -> tuple[str, float | None]:
+    """(head, cosine_scale) of the stage-1 model: LDAM gets a cosine head of scale 1 (its loss
+    multiplies by s = 30); another loss on a cosine head gets the fixed scale 16 of the official
+    cosine classifier. A linear head has no scale (None)."""
+    head = config.head or ("cosine" if config.loss == "ldam" else "linear")
+    if head != "cosine":
+        return head, None
+    return head, 1.0 if config.loss == "ldam" else 16.0
 
 
 def to_dict(config: TrainConfig) -> dict:

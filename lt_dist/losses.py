@@ -1,8 +1,9 @@
-"""Stage-1 losses (SPEC.md, "Joint baselines"); every one maps (logits (N, C), targets (N,)) -> scalar.
+"""Stage-1 losses (docs/METHOD.md, "Stage 1"); every one maps (logits (N, C), targets (N,)) -> scalar.
 
     ce              cross-entropy
     focal           mean (1 - h)^gamma * CE, h the softmax probability of the true class
     class_balanced  mean w_y * CE, w_j = (1 - beta) / (1 - beta^n_j) normalised to sum to C
+    class_balanced_focal  mean w_y * (1 - h)^gamma * CE (the paper's Appendix A baseline, softmax form)
     ldam            CE(s * (z - Delta_y e_y)), Delta_j ∝ n_j^(-1/4), max Delta = max_margin;
                     with drw: class-balanced weights from epoch drw_start * T on
                     (meant for cosine-like logits in [-1, 1], as in Cao et al.)
@@ -64,6 +65,19 @@ class ClassBalancedLoss(CrossEntropy):
         return (self.weights[targets] * per_sample).mean()
 
 
+class ClassBalancedFocalLoss(CrossEntropy):
+    """w_y (1 - h)^gamma CE averaged over the batch: class-balanced weights on the focal loss (Cui et al. 2019)."""
+
+    def __init__(self, samples_per_class: np.ndarray, beta: float = 0.9999, gamma: float = 2.0):
+        super().__init__(samples_per_class)
+        self.register_buffer("weights", class_balanced_weights(samples_per_class, beta))
+        self.gamma = gamma
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        log_h = F.log_softmax(logits.float(), dim=1).gather(1, targets[:, None]).squeeze(1)
+        return (self.weights[targets] * (1 - log_h.exp()) ** self.gamma * -log_h).mean()
+
+
 class LDAMLoss(CrossEntropy):
     """Label-distribution-aware margins with optional deferred re-weighting (Cao et al. 2019)."""
 
@@ -101,6 +115,7 @@ LOSSES: dict[str, type[CrossEntropy]] = {
     "ce": CrossEntropy,
     "focal": FocalLoss,
     "class_balanced": ClassBalancedLoss,
+    "class_balanced_focal": ClassBalancedFocalLoss,
     "ldam": LDAMLoss,
     "logit_adjusted": LogitAdjustedLoss,
 }

@@ -1,6 +1,6 @@
 """Shot groups and accuracy summaries (pure numpy).
 
-Groups follow the paper (SPEC.md): many-shot n_j > 100, few-shot n_j < 20,
+Groups follow the paper (docs/METHOD.md): many-shot n_j > 100, few-shot n_j < 20,
 medium-shot 20 <= n_j <= 100, always from the TRAINING counts.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ def per_class_accuracy(correct: np.ndarray, total: np.ndarray) -> np.ndarray:
 
 def group_accuracy(correct: np.ndarray, total: np.ndarray, train_counts: np.ndarray) -> dict:
     """Top-1 in percent: "all" over every sample, and per shot group the mean of its
-    classes' accuracies (SPEC.md, "Evaluation"; groups from the TRAINING counts).
+    classes' accuracies (docs/METHOD.md, "Evaluation"; groups from the TRAINING counts).
 
     Args:
         correct, total: (C,) per-class correct predictions and evaluated samples.

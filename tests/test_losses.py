@@ -188,3 +188,40 @@ def test_losses_accept_half_precision_logits_and_compute_in_float32():
     for name in ("focal", "class_balanced", "ldam", "logit_adjusted"):
         value = build_loss(name, COUNTS)(half, UNEVEN_TARGETS)
         assert value.dtype == torch.float32, name
+
+
+def test_ldam_on_the_cosine_head_is_cao_et_al_with_drw():
+    """LDAM-DRW end to end from features: the cosine head gives z_j = cos(x, w_j) (scale 1), the loss
+    is CE(30 (z - Delta_y e_y)), Delta_j = 0.5 n_j^(-1/4) / max_k n_k^(-1/4), and from epoch 0.8 T on
+    the class weights (1 - beta) / (1 - beta^n_j), normalised to sum to C (all by hand in float64)."""
+    from lt_dist.models.cosine import CosineHead
+
+    torch.manual_seed(0)
+    head = CosineHead(5, 3, scale=1.0)
+    features = torch.randn(6, 5) * 4.0  # large norms: a cosine head must ignore them
+    targets = torch.tensor([0, 1, 2, 2, 1, 0])
+    x, w = features.double().numpy(), head.weight.detach().double().numpy()
+    cosines = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=1, keepdims=True)).T
+    assert np.abs(cosines).max() <= 1.0
+    margins = 0.5 * COUNTS ** -0.25 / (COUNTS ** -0.25).max()
+    shifted = cosines.copy()
+    shifted[np.arange(6), targets.numpy()] -= margins[targets.numpy()]
+    loss = build_loss("ldam", COUNTS)  # defaults: max margin 0.5, s = 30, DRW from 0.8 T, beta 0.9999
+    logits = head(features)
+    assert np.allclose(logits.detach().double().numpy(), cosines, atol=1e-6)
+    loss.set_epoch(7, 10)
+    assert loss(logits, targets).item() == pytest.approx(ce_by_hand(30 * shifted, targets.numpy()), rel=1e-4)
+    loss.set_epoch(8, 10)
+    raw = (1 - 0.9999) / (1 - 0.9999 ** COUNTS.astype(np.float64))
+    weights = raw / raw.sum() * 3
+    assert loss(logits, targets).item() == pytest.approx(ce_by_hand(30 * shifted, targets.numpy(), weights), rel=1e-4)
+
+
+def test_class_balanced_focal_by_hand():
+    loss = build_loss("class_balanced_focal", COUNTS, beta=0.999, gamma=1.5)
+    p = softmax_rows(LOGITS.numpy().astype(np.float64))
+    h = p[np.arange(3), TARGETS.numpy()]
+    raw = (1 - 0.999) / (1 - 0.999 ** COUNTS.astype(np.float64))
+    weights = raw / raw.sum() * 3
+    expected = np.mean(weights[TARGETS.numpy()] * (1 - h) ** 1.5 * -np.log(h))
+    assert loss(LOGITS, TARGETS).item() == pytest.approx(expected, rel=1e-5)

@@ -10,8 +10,8 @@ import pytest
 from lt_dist.data.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Preset, get_preset
 
 
-def test_table_has_the_four_recipes():
-    assert set(PRESETS) == {"imagenet_train", "imagenet_eval", "small_train", "small_eval"}
+def test_table_has_the_six_recipes():
+    assert set(PRESETS) == {"imagenet_train", "imagenet_eval", "inat_train", "inat_eval", "small_train", "small_eval"}
     for name, build in PRESETS.items():
         preset = build()
         assert preset.name == name
@@ -24,6 +24,13 @@ def test_imagenet_recipes_match_the_paper():
     assert train.ratio == pytest.approx((3 / 4, 4 / 3))
     assert (val.resize_size, val.crop_size, val.flip, val.color_jitter) == (256, 224, False, 0.0)
     assert train.mean == val.mean == IMAGENET_MEAN and train.std == val.std == IMAGENET_STD
+
+
+def test_inat_recipes_match_the_official_configs():
+    train, val = get_preset("inat_train"), get_preset("inat_eval")
+    assert (train.crop_size, train.scale, train.flip, train.color_jitter) == (224, (0.08, 1.0), True, 0.0)
+    assert (val.resize_size, val.crop_size) == (256, 224)
+    assert train.mean == val.mean == (0.466, 0.471, 0.380) and train.std == val.std == (0.195, 0.194, 0.192)
 
 
 def test_small_recipes_and_size_shorthand():

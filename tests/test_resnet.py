@@ -6,7 +6,7 @@ from lt_dist.models.resnet import MODELS, build_model, count_parameters
 
 def test_resnext152_has_about_60m_parameters():
     model = build_model("resnext152_32x4d", num_classes=1000)
-    assert count_parameters(model) == 59_951_400  # ENVIRONMENT.md: torchvision ResNet(Bottleneck, [3,8,36,3], 32, 4)
+    assert count_parameters(model) == 59_951_400  # docs/METHOD.md: torchvision ResNet(Bottleneck, [3,8,36,3], 32, 4)
     assert model.feature_dim == 2048
 
 

@@ -113,6 +113,17 @@ def _add_extract(subparsers) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="loader processes per rank (None: 0 for dali, for torchvision the CPUs per rank "
                         "less one, at most 8; logged)")
+    parser.add_argument("--bn-recalibrate", choices=("none", "class"), default="none",
+                        help="class: re-estimate BatchNorm statistics on class-balanced training batches "
+                        "(training augmentation, forward passes only) before extracting every split, as the "
+                        "official stage 2 leaves them")
+    parser.add_argument("--bn-batches", type=int, default=100,
+                        help="batches of --batch-size per process for --bn-recalibrate class")
+    parser.add_argument("--train-views", type=int, default=0,
+                        help="also store K passes over train with the training augmentation (train.viewNNN.arrow, "
+                        "4 x feature-dim bytes per sample per view); the trained stage-2 methods walk one per epoch")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="sampling and augmentation of --bn-recalibrate and --train-views")
     add_storage_flags(parser)
     parser.set_defaults(run=run_extract)
 
@@ -136,10 +147,15 @@ def run_extract(args) -> int:
         check_int("--batch-size", args.batch_size, 1, 65_536)
         if args.workers is not None:
             check_int("--workers", args.workers, 0, 64)
+        check_int("--bn-batches", args.bn_batches, 1, 1_000_000)
+        check_int("--train-views", args.train_views, 0, 10_000)
+        check_int("--seed", args.seed, 0, 2**32 - 1)
     except ValueError as error:
         raise UserInputError(str(error)) from None
     if not splits:
         raise UserInputError(f"--data {args.data!r} has no train, val or test split")
+    if args.train_views and "train" not in splits:
+        raise UserInputError("--train-views needs the train split among --split")
     if args.workers is None:
         from lt_dist.choices import default_workers
 
@@ -148,5 +164,7 @@ def run_extract(args) -> int:
             print(f"workers: {args.workers} loader processes per rank ({why}; --workers sets it)", flush=True)
     from lt_dist.engine.extract import extract  # torch and the loaders: after the cheap checks
 
-    extract(args.ckpt, args.data, splits, args.out, args.decoder, args.batch_size, args.workers)
+    bn_batches = args.bn_batches if args.bn_recalibrate == "class" else 0
+    extract(args.ckpt, args.data, splits, args.out, args.decoder, args.batch_size, args.workers, bn_batches,
+            args.seed, args.train_views)
     return 0

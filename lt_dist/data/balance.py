@@ -1,4 +1,4 @@
-"""Class sampling probabilities p_j ∝ n_j^q (SPEC.md, "Sampling"). Pure numpy.
+"""Class sampling probabilities p_j ∝ n_j^q (docs/METHOD.md, "Sampling"). Pure numpy.
 
     instance     q = 1     every image equally likely
     class        q = 0     every class equally likely

@@ -4,7 +4,10 @@ A Preset is a plain value: the decoders read its fields and never look up a run
 config. Images are always decoded to 3-channel RGB (grayscale PNGs included), so
 mean/std always have three entries.
 
-    PRESETS = {"imagenet_train": ..., "imagenet_eval": ..., "small_train": ..., "small_eval": ...}
+    PRESETS = {"imagenet_train": ..., "imagenet_eval": ..., "inat_train": ..., "inat_eval": ...,
+               "small_train": ..., "small_eval": ...}
+Places-LT's official transforms are ImageNet's (same mean/std, same jitter): use the
+imagenet presets for it.
     get_preset("small_eval", crop_size=28)
 """
 from __future__ import annotations
@@ -15,6 +18,9 @@ from typing import Any, Callable
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The official iNaturalist 2018 configs normalise with this dataset's own statistics.
+INAT_MEAN = (0.466, 0.471, 0.380)
+INAT_STD = (0.195, 0.194, 0.192)
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,18 @@ def imagenet_eval(size: int = 224, resize_size: int = 256) -> Preset:
     return Preset(name="imagenet_eval", train=False, crop_size=size, resize_size=resize_size)
 
 
+def inat_train(size: int = 224) -> Preset:
+    """iNaturalist 2018 (official): RandomResizedCrop(size), flip, no colour jitter, iNat mean/std."""
+    return Preset(name="inat_train", train=True, crop_size=size, resize_size=size, flip=True,
+                  mean=INAT_MEAN, std=INAT_STD)
+
+
+def inat_eval(size: int = 224, resize_size: int = 256) -> Preset:
+    """iNaturalist 2018: Resize(256), CenterCrop(224), iNat mean/std."""
+    return Preset(name="inat_eval", train=False, crop_size=size, resize_size=resize_size,
+                  mean=INAT_MEAN, std=INAT_STD)
+
+
 def small_train(size: int = 32) -> Preset:
     """For 28-32 px images: RandomResizedCrop(size, scale=(0.35, 1)) and flip, no jitter.
 
@@ -96,6 +114,8 @@ def small_eval(size: int = 32) -> Preset:
 PRESETS: dict[str, Callable[..., Preset]] = {
     "imagenet_train": imagenet_train,
     "imagenet_eval": imagenet_eval,
+    "inat_train": inat_train,
+    "inat_eval": inat_eval,
     "small_train": small_train,
     "small_eval": small_eval,
 }

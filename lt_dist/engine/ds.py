@@ -138,8 +138,21 @@ def cosine_schedule(total_steps: int) -> Callable[[int], float]:
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
 
 
-def initialize(model: torch.nn.Module, ds_config: dict, total_steps: int, log: Callable[[str], None] = print):
-    """DeepSpeed engine for the model; cosine decay to 0 over total_steps unless ds.json has a scheduler."""
+def epoch_cosine_schedule(steps_per_epoch: int, epochs: int) -> Callable[[int], float]:
+    """Multiplier at optimizer step s, held for a whole epoch: 0.5 (1 + cos(pi t / T)), t = s // steps_per_epoch.
+
+    The official stage-2 schedule (CosineAnnealingLR over T epochs, eta_min 0, stepped once per epoch).
+    """
+    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step // max(steps_per_epoch, 1), epochs) / max(epochs, 1)))
+
+
+def initialize(model: torch.nn.Module, ds_config: dict, total_steps: int, log: Callable[[str], None] = print,
+               schedule: Callable[[int], float] | None = None):
+    """DeepSpeed engine for the model; cosine decay to 0 over total_steps unless ds.json has a scheduler.
+
+    Only parameters with requires_grad reach the optimizer (a frozen backbone is no
+    optimizer state); schedule, when given, replaces the per-step cosine multiplier.
+    """
     import deepspeed
     import torch
 
@@ -147,8 +160,10 @@ def initialize(model: torch.nn.Module, ds_config: dict, total_steps: int, log: C
     if "scheduler" in ds_config:
         log(f"using ds.json's scheduler {ds_config['scheduler'].get('type')}")
     else:
-        scheduler = lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(total_steps))
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
+        multiplier = schedule or cosine_schedule(total_steps)
+        scheduler = lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable,
                                            lr_scheduler=scheduler, config=ds_config)
     return engine
 

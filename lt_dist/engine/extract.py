@@ -17,7 +17,7 @@ import torch.distributed as dist
 from lt_dist.data.loader import BalancedLoader, LoaderConfig
 from lt_dist.data.presets import get_preset
 from lt_dist.data.reader import ShardReader
-from lt_dist.data.sampler import SequentialSampler
+from lt_dist.data.sampler import SamplerConfig, SequentialSampler
 from lt_dist.dist import World, process_group_closed_at_exit
 from lt_dist.engine.checkpoint import best_model_path, file_sha256, load_best_model
 from lt_dist.errors import UserInputError
@@ -34,11 +34,13 @@ def _device(world: World) -> torch.device:
 
 @torch.no_grad()
 def extract_rows(model, split_dir: str, num_samples: int, world: World, preset, decoder: str, batch_size: int,
-                 workers: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """This rank's (rows (n,), labels (n,), features (n, D) float32) of a split of num_samples."""
+                 workers: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """This rank's (rows (n,), labels (n,), features (n, D) float32) of a split of num_samples.
+
+    seed: of the augmentation (a training preset draws its crops from it; eval presets ignore it)."""
     sampler = SequentialSampler(num_samples, world, batch_size)
-    loader = BalancedLoader(LoaderConfig(split_dir, batch_size, preset, decoder=decoder, num_workers=workers),
-                            world, sampler=sampler)
+    loader = BalancedLoader(LoaderConfig(split_dir, batch_size, preset, SamplerConfig(seed=seed), decoder=decoder,
+                                         num_workers=workers), world, sampler=sampler)
     device = next(model.parameters()).device
     features, labels = [], []
     for images, batch_labels in loader:
@@ -48,8 +50,15 @@ def extract_rows(model, split_dir: str, num_samples: int, world: World, preset, 
 
 
 def extract(ckpt: str, data: str, splits: list[str], out: str, decoder: str = "dali",
-            batch_size: int = 256, workers: int = 2) -> dict:
-    """Write out/<split>.arrow for each split, classifier.arrow and features.json; returns the index."""
+            batch_size: int = 256, workers: int = 2, bn_batches: int = 0, seed: int = 0,
+            train_views: int = 0) -> dict:
+    """Write out/<split>.arrow for each split, classifier.arrow and features.json; returns the index.
+
+    bn_batches > 0: first re-estimate the BN statistics on that many class-balanced training
+    batches (engine.recalibrate), so every split's features come from the recalibrated backbone.
+    train_views > 0: also K passes over train with the TRAINING augmentation (view k seeded by
+    (seed, k)), written as train.view000.arrow ... in train.arrow's row order.
+    """
     world = World.from_env()
     if decoder == "dali":
         require("nvidia.dali", "--decoder dali")
@@ -69,7 +78,7 @@ def extract(ckpt: str, data: str, splits: list[str], out: str, decoder: str = "d
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     with process_group_closed_at_exit() if starts_group else nullcontext():
         return _extract_splits(best, split_dirs, counts, world, out, ckpt, data, decoder, batch_size, workers,
-                               ckpt_sha256, previous)
+                               ckpt_sha256, previous, bn_batches, seed, train_views)
 
 
 def check_features_folder(out: str, ckpt_sha256: str, splits: list[str]) -> dict:
@@ -96,13 +105,15 @@ def check_features_folder(out: str, ckpt_sha256: str, splits: list[str]) -> dict
 
 
 def _extract_splits(best: dict, split_dirs: dict, counts: dict, world: World, out: str, ckpt: str, data: str,
-                    decoder: str, batch_size: int, workers: int, ckpt_sha256: str, previous: dict) -> dict:
+                    decoder: str, batch_size: int, workers: int, ckpt_sha256: str, previous: dict,
+                    bn_batches: int = 0, seed: int = 0, train_views: int = 0) -> dict:
     """The body of extract once the process group (if any) is up; returns the index.
 
     The index is written before the first features file and after each split, so a
     folder never holds a .arrow whose checkpoint it does not record.
     """
-    model = build_model(best["arch"], best["num_classes"], best["small_input"])
+    model = build_model(best["arch"], best["num_classes"], best["small_input"], best.get("head", "linear"),
+                        best.get("cosine_scale"))
     model.load_state_dict(best["state_dict"])
     model.eval().to(_device(world))
     size = best.get("image_size")
@@ -111,6 +122,9 @@ def _extract_splits(best: dict, split_dirs: dict, counts: dict, world: World, ou
     info = {"ckpt": ckpt, "ckpt_sha256": ckpt_sha256, "data": data, "arch": best["arch"],
             "feature_dim": model.feature_dim, "num_classes": best["num_classes"], "best_epoch": best.get("epoch"),
             "splits": {split: entry for split, entry in previous.items() if split not in split_dirs}}
+    if bn_batches:
+        info["bn_recalibrate"] = _recalibrate(model, ckpt, data, best, world, decoder, batch_size, workers,
+                                              bn_batches, seed)
     if world.is_main:
         store.write_index(out, info)
     for split, split_dir in split_dirs.items():
@@ -125,11 +139,58 @@ def _extract_splits(best: dict, split_dirs: dict, counts: dict, world: World, ou
             store.write_index(out, info)
             print(f"{split}: {info['splits'][split]['num_samples']} features of {model.feature_dim} dims "
                   f"in {info['splits'][split]['seconds']} s")
+    if train_views:
+        info["train_views"] = _extract_views(model, ckpt, data, best, world, out, decoder, batch_size, workers,
+                                             train_views, seed)
     if world.is_main:
-        store.write_classifier(out, model.fc.weight.detach().cpu().numpy(), model.fc.bias.detach().cpu().numpy(),
-                               np.asarray(best["train_counts"]), best["class_names"])
+        weight = model.fc.weight.detach().float().cpu().numpy()
+        # a cosine head has no bias: zeros, and features.json says which head the rows belong to
+        bias = np.zeros(len(weight), np.float32) if model.fc.bias is None else model.fc.bias.detach().cpu().numpy()
+        info["head"] = best.get("head", "linear")
+        if info["head"] == "cosine":
+            info["cosine_scale"] = float(model.fc.scale)
+        store.write_classifier(out, weight, bias, np.asarray(best["train_counts"]), best["class_names"])
         store.write_index(out, info)
     return info
+
+
+def _train_preset(ckpt: str, best: dict):
+    """(name, Preset) of the stage-1 run's training augmentation at its crop size."""
+    from lt_dist.engine.classifier import stage1_settings
+
+    size = best.get("image_size")
+    name = stage1_settings(ckpt).get("train_preset", "imagenet_train")
+    return name, get_preset(name, **({"size": size} if size else {}))
+
+
+def _extract_views(model, ckpt: str, data: str, best: dict, world: World, out: str, decoder: str, batch_size: int,
+                   workers: int, views: int, seed: int) -> dict:
+    """K augmented passes over train, each written like a split (float32: 4 D bytes per sample per view)."""
+    train_dir = resolve_split(data, "train")
+    num_samples = int(load_manifest(train_dir).samples_per_class.sum())
+    name, preset = _train_preset(ckpt, best)
+    for view in range(views):
+        view_seed = int(np.random.SeedSequence([seed, view]).generate_state(1)[0])
+        rows, labels, features = extract_rows(model, train_dir, num_samples, world, preset, decoder, batch_size,
+                                              workers, seed=view_seed)
+        _write_parts(out, f"train.view{view:03d}", train_dir, world, rows, labels, features)
+    if world.is_main:
+        print(f"train: {views} augmented views ({name}), {4 * model.feature_dim} bytes per sample per view")
+    return {"views": views, "train_preset": name, "seed": seed, "bytes_per_sample_per_view": 4 * model.feature_dim}
+
+
+def _recalibrate(model, ckpt: str, data: str, best: dict, world: World, decoder: str, batch_size: int,
+                 workers: int, bn_batches: int, seed: int) -> dict:
+    """Class-balanced BN re-estimation with the stage-1 run's TRAINING preset; returns what was done."""
+    from lt_dist.engine.recalibrate import recalibrate_bn
+
+    train_dir = resolve_split(data, "train")
+    name, preset = _train_preset(ckpt, best)
+    ran = recalibrate_bn(model, train_dir, load_manifest(train_dir).samples_per_class, preset, decoder,
+                         bn_batches, batch_size, workers, seed, world)
+    if world.is_main:
+        print(f"BN statistics re-estimated on {ran} class-balanced batches of {batch_size} ({name}) per process")
+    return {"sampler": "class", "batches": bn_batches, "batch_size": batch_size, "train_preset": name, "seed": seed}
 
 
 def _write_parts(out: str, split: str, split_dir: str, world: World, rows, labels, features) -> None:

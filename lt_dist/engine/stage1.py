@@ -13,7 +13,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from lt_dist.config import TrainConfig, dump, to_dict, validate
+from lt_dist.config import TrainConfig, dump, resolve_head, to_dict, validate
 from lt_dist.data.balance import resolve_strategy
 from lt_dist.data.loader import BalancedLoader, LoaderConfig
 from lt_dist.data.presets import get_preset
@@ -22,6 +22,7 @@ from lt_dist.dist import World, gather_placements, process_group_closed_at_exit
 from lt_dist.engine import checkpoint as ckpt
 from lt_dist.engine import ds
 from lt_dist.engine.ckpt_clock import CheckpointClock
+from lt_dist.engine.init_from import load_backbone
 from lt_dist.engine.logs import RunLogger
 from lt_dist.engine.loop import evaluate, train_one_epoch
 from lt_dist.engine.preempt import Preempted, PreemptionWatch
@@ -48,6 +49,8 @@ def check_inputs(config: TrainConfig, ds_config_path: str, world: World) -> tupl
     for kind, name, table in (("arch", config.arch, MODELS), ("loss", config.loss, LOSSES)):
         if name not in table:
             raise UserInputError(f"unknown {kind} {name!r}; choose one of {', '.join(table)}")
+    if config.init_from and not os.path.isfile(config.init_from):
+        raise UserInputError(f"--init-from {config.init_from!r} does not exist")
     say = print if world.is_main else (lambda *a, **k: None)
     ds_config = ds.resolve_ds_config(ds.load_ds_config(ds_config_path), world.world_size,
                                      torch.cuda.is_available(), say)
@@ -81,14 +84,16 @@ def check_inputs(config: TrainConfig, ds_config_path: str, world: World) -> tupl
     return ds_config, facts
 
 
-def _preset(name: str, size: int | None):
-    return get_preset(name) if size is None else get_preset(name, size=size)
+def _preset(name: str, size: int | None, **overrides):
+    return get_preset(name, **overrides) if size is None else get_preset(name, size=size, **overrides)
 
 
 def build_loaders(config: TrainConfig, facts: dict, world: World, micro_batch: int):
     """(train BalancedLoader, val loader, test loader or None)."""
     sampler = SamplerConfig(config.sampler, config.seed, config.epochs, "pad", None, config.sampler_draw)
-    train = BalancedLoader(LoaderConfig(facts["train_dir"], micro_batch, _preset(config.train_preset, config.image_size),
+    jitter_off = {"color_jitter": 0.0} if config.no_jitter else {}
+    train = BalancedLoader(LoaderConfig(facts["train_dir"], micro_batch,
+                                        _preset(config.train_preset, config.image_size, **jitter_off),
                                         sampler, config.decoder, config.workers), world, facts["counts"])
 
     def sequential(split_dir: str | None):
@@ -127,7 +132,10 @@ def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: Wo
     micro, gas = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
     torch.manual_seed(config.seed)
     counts, num_classes = facts["counts"], len(facts["counts"])
-    model = build_model(config.arch, num_classes, config.small_input)
+    head, cosine_scale = resolve_head(config)
+    model = build_model(config.arch, num_classes, config.small_input, head, cosine_scale)
+    if config.init_from and not config.resume:  # a resume takes every weight from its checkpoint
+        load_backbone(model.backbone, config.init_from, say)
     train_loader, val_loader, test_loader = build_loaders(config, facts, world, micro)
     engine = ds.initialize(model, ds_config, total_steps=config.epochs * (len(train_loader) // gas), log=say)
     loss_fn = build_loss(config.loss, counts, **config.loss_params).to(engine.device)
@@ -192,7 +200,7 @@ def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: Wo
                     "arch": config.arch, "num_classes": num_classes, "small_input": config.small_input,
                     "epoch": epoch, "val": scores, "train_counts": counts.tolist(),
                     "class_names": facts["class_names"], "eval_preset": config.eval_preset,
-                    "image_size": config.image_size})
+                    "image_size": config.image_size, "head": head, "cosine_scale": cosine_scale})
         tag = save(end_of_epoch=True)
         if watch.agreed(engine.device):  # signalled during validation: the epoch's checkpoint is the stop
             logger.close()

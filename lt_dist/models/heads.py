@@ -74,14 +74,17 @@ class CosineHead(nn.Module):
     def __init__(self, weight: torch.Tensor, scale: torch.Tensor):
         super().__init__()
         self.weight = nn.Parameter(weight.detach().float().clone(), requires_grad=False)
-        self.register_buffer("scale", scale.detach().float().reshape(1).clone())
+        self.register_buffer("scale", scale.detach().float().reshape(-1).clone())  # (1,) or per-class (C,)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(N, D) -> (N, C) float32."""
         return self.scale * (_l2_rows(features.float()) @ _l2_rows(self.weight).T)
 
 
-def _linear(tensors: dict[str, torch.Tensor], options: dict) -> LinearHead:
+def _linear(tensors: dict[str, torch.Tensor], options: dict) -> nn.Module:
+    # joint, tau_norm, lws and learned_tau on a cosine stage-1 head keep it: saved as weight + scale
+    if "scale" in tensors and "bias" not in tensors:
+        return CosineHead(tensors["weight"], tensors["scale"])
     return LinearHead(tensors["weight"], tensors.get("bias"))
 
 

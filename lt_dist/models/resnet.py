@@ -1,7 +1,8 @@
 """ResNet / ResNeXt backbones by name, built from torchvision's ResNet class.
 
 Every model is a Classifier: a backbone that maps images to features (N, D) and a
-linear head (D -> C). Stage 2 swaps or re-weights the head on the frozen backbone.
+head (D -> C): nn.Linear, or models.cosine.CosineHead (head="cosine", the normalised
+head LDAM needs). Stage 2 swaps or re-weights the head on the frozen backbone.
 small_input=True gives the CIFAR-style stem for 28-32 px images: one 3x3 conv,
 stride 1, no max-pool (a 7x7/2 conv and a 3x3/2 pool would leave 7x7 maps of a
 28 px image after the stem).
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from lt_dist.models.cosine import CosineHead
 
 
 @dataclass(frozen=True)
@@ -36,15 +39,16 @@ MODELS: dict[str, ArchSpec] = {
     "resnext152_32x4d": ArchSpec(Bottleneck, (3, 8, 36, 3), 32, 4),  # the paper's best backbone
 }
 DEFAULT_ARCH = "resnext152_32x4d"
+HEADS = ("linear", "cosine")
 
 
 class Classifier(nn.Module):
     """backbone (images -> features) + fc (features -> logits)."""
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int):
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, head: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
-        self.fc = nn.Linear(feature_dim, num_classes)
+        self.fc = nn.Linear(feature_dim, num_classes) if head is None else head
         self.feature_dim = feature_dim
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -56,10 +60,17 @@ class Classifier(nn.Module):
         return self.fc(self.backbone(images))
 
 
-def build_model(arch: str, num_classes: int, small_input: bool = False) -> Classifier:
-    """The Classifier named `arch` (see MODELS) for num_classes classes."""
+def build_model(arch: str, num_classes: int, small_input: bool = False, head: str = "linear",
+                cosine_scale: float | None = None) -> Classifier:
+    """The Classifier named `arch` (see MODELS) for num_classes classes.
+
+    head "cosine": CosineHead with the fixed scale cosine_scale, or, when None, a
+    learned scale that starts at 16 (the official cosine classifier's value).
+    """
     if arch not in MODELS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(MODELS)}")
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     spec = MODELS[arch]
@@ -69,7 +80,11 @@ def build_model(arch: str, num_classes: int, small_input: bool = False) -> Class
         backbone.maxpool = nn.Identity()
     feature_dim = backbone.fc.in_features
     backbone.fc = nn.Identity()  # the head lives in Classifier.fc
-    return Classifier(backbone, feature_dim, num_classes)
+    module = None
+    if head == "cosine":
+        module = CosineHead(feature_dim, num_classes, 16.0 if cosine_scale is None else cosine_scale,
+                            learn_scale=cosine_scale is None)
+    return Classifier(backbone, feature_dim, num_classes, module)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -4,7 +4,7 @@ tau-normalisation, the NCM classifier and the predictors every stage-2 method re
     LinearPredictor   logits = f W^T (+ b)           joint, tau_norm, crt, lws, learned_tau
     NCMPredictor      -||x~ - m_j||^2 or cos(x~, m_j)  ncm (x~ the "cl2n" feature)
     CosinePredictor   s * cos(x, w_j)                 cosine
-(SPEC.md, "Stage 2".)
+(docs/METHOD.md, "Stage 2".)
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ class NCMPredictor:
         features = np.asarray(features)
         empty = np.isnan(self.centroids).any(axis=1)
         centroids = np.where(empty[:, None], 0.0, self.centroids)
-        if self.metric == "cos":  # SPEC: cosine with the means (the official code skips normalising them)
+        if self.metric == "cos":  # METHOD.md: cosine with the means (the official code skips normalising them)
             centroids = _l2_rows(centroids)
         logits = np.empty((len(features), len(centroids)), dtype=np.float32)
         for start in _chunks(len(features)):
@@ -148,12 +148,16 @@ class LinearPredictor:
 
 
 class CosinePredictor:
-    """logits = s * cos(x, w_j): features and weight rows L2-normalised, s a learned scale."""
+    """logits = s * cos(x, w_j): features and weight rows L2-normalised; s a scale, or (C,) per-class
+    scales (LWS on a cosine stage-1 head: f_j * s)."""
 
-    def __init__(self, weight: np.ndarray, scale: float):
-        self.weight, self.scale = np.asarray(weight, dtype=np.float32), float(scale)
+    def __init__(self, weight: np.ndarray, scale, **extra):
+        self.weight = np.asarray(weight, dtype=np.float32)
+        self.scale = float(scale) if np.ndim(scale) == 0 else np.asarray(scale, dtype=np.float32)
+        for name, value in extra.items():  # method-specific state: tau, scales
+            setattr(self, name, value)
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         """(N, D) -> (N, C) float32."""
         queries = _l2_rows(np.asarray(features, dtype=np.float32))
-        return (self.scale * queries @ _l2_rows(self.weight).T).astype(np.float32)
+        return (self.scale * (queries @ _l2_rows(self.weight).T)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Stage-2 classifier methods on stored features, behind one name table (SPEC.md, "Stage 2").
+"""Stage-2 classifier methods on stored features, behind one name table (docs/METHOD.md, "Stage 2").
 
 Every method is fit(train, classifier, params, seed) -> Predictor, a callable
 features (N, D) -> logits (N, C) float32:
@@ -8,7 +8,12 @@ features (N, D) -> logits (N, C) float32:
     crt          W, b re-initialised and retrained with class-balanced sampling
     lws          learned per-class scales f_j * (w_j . x + b_j), W and b frozen
     learned_tau  tau itself learned with class-balanced sampling (paper B.5), bias dropped
-    cosine       s * cos(x, w_j), W and s trained like cRT (paper B.7)
+    cosine       s * cos(x, w_j), W trained like cRT, s = 16 fixed as the official CosNorm (paper B.7)
+A cosine stage-1 head (classifier.cosine_scale set: logits s cos(x, w_j), no bias):
+joint is that cosine classifier; tau_norm and learned_tau return it unchanged, since
+its rows enter normalised and w_j / ||w_j||^tau has the same direction for every tau
+(`.tau` records the requested value); lws learns f_j on its logits, f_j s cos(x, w_j).
+ncm, crt and cosine ignore the stage-1 head.
 `params` may be partial: missing keys take DEFAULT_PARAMS[method]; every method also
 accepts "threads" (torch intra-op threads for the fit, restored after; default: as is)
 and "device" (where the trained methods fit: "cpu", "cuda", "cuda:N"; the closed-form
@@ -23,25 +28,33 @@ import torch.nn.functional as F
 
 from lt_dist.stage2.heads import (CosinePredictor, LinearPredictor, NCMPredictor, ncm_centroids, scale_rows,
                                   tau_normalize)
-from lt_dist.stage2.training import TrainConfig, fit_device, torch_threads, train_head, uniform_init
+from lt_dist.stage2.training import (TrainConfig, batch_for_steps, fit_device, torch_threads, train_head,
+                                     uniform_init)
 from lt_dist.stage2.types import FeatureSplit, Predictor, StageOneClassifier
 
 Method = Callable[[FeatureSplit, StageOneClassifier, dict, int], Predictor]
 
 # Official configs (classifier-balancing, ImageNet-LT): cRT 10 epochs, LWS 5, both SGD
 # lr 0.2, momentum 0.9, weight decay 5e-4 (LWS decays its scales too), cosine to 0, batch 512.
-_SGD = {"lr": 0.2, "batch_size": 512, "momentum": 0.9}
+# lt-dist's additions: lr_schedule "step" (cosine every step) or "epoch" (held per epoch, as the
+# official scheduler); min_steps: the batch shrinks to floor(n * epochs / m) when batch 512 would
+# give fewer than m optimizer steps in all (ImageNet-LT's cRT has 2,260: unchanged). It is 500
+# for the heads that start from random weights (crt, cosine), so small datasets still get enough
+# optimisation; 0 (off) for lws and learned_tau, which start at the stage-1 classifier.
+_SGD = {"lr": 0.2, "batch_size": 512, "momentum": 0.9, "lr_schedule": "step", "min_steps": 0}
+_FRESH = {**_SGD, "min_steps": 500}
 DEFAULT_PARAMS: dict[str, dict] = {
     "joint": {},
     "ncm": {"metric": "l2"},
     "tau_norm": {"tau": 1.0},  # plain L2-normalisation; select tau with SEARCH_SPACE (ImageNet-LT: 0.7)
-    "crt": {**_SGD, "epochs": 10, "weight_decay": 5e-4},
+    "crt": {**_FRESH, "epochs": 10, "weight_decay": 5e-4},
     "lws": {**_SGD, "epochs": 5, "weight_decay": 5e-4},
     # tau starts at 1 (plain L2-normalisation, the middle of the official grid); no decay:
     # decay would pull tau towards 0, i.e. towards the unnormalised joint classifier
     "learned_tau": {**_SGD, "epochs": 5, "weight_decay": 0.0, "tau_init": 1.0},
-    # s starts at 16 (the official CosNorm classifier's fixed scale); decay on W only
-    "cosine": {**_SGD, "epochs": 10, "weight_decay": 5e-4, "scale_init": 16.0},
+    # s = 16, fixed as in the official CosNorm classifier; learn_scale=True learns it from there
+    # (on small data a learned s collapses towards 0, and with it every class's margin)
+    "cosine": {**_FRESH, "epochs": 10, "weight_decay": 5e-4, "scale_init": 16.0, "learn_scale": False},
 }
 COMMON_PARAMS = {"threads": None, "device": "cpu"}  # accepted by every method
 
@@ -49,6 +62,7 @@ SEARCH_SPACE: dict[str, list[dict]] = {
     "joint": [{}],
     "ncm": [{"metric": metric} for metric in ("l2", "cos")],
     "tau_norm": [{"tau": round(0.1 * i, 1)} for i in range(21)],  # the official grid 0.0 .. 2.0
+    # The cRT/LWS lr grids are lt-dist's own (the paper fixes lr 0.2); only the tau grid is official.
     "crt": [{"lr": lr} for lr in (0.05, 0.2, 0.8)],
     "lws": [{"lr": lr} for lr in (0.05, 0.2, 0.8)],
     "learned_tau": [{"lr": 0.2}],
@@ -70,8 +84,11 @@ def resolve_params(method: str, params: dict | None) -> dict:
 
 def _train(params: dict, groups: list[dict], logits_fn, train: FeatureSplit, num_classes: int, seed: int) -> None:
     """train_head with the method's optimisation params, under the requested thread count."""
-    config = TrainConfig(epochs=int(params["epochs"]), batch_size=int(params["batch_size"]),
-                         lr=float(params["lr"]), momentum=float(params["momentum"]))
+    config = TrainConfig(epochs=int(params["epochs"]),
+                         batch_size=batch_for_steps(len(train.labels) * int(params["epochs"]),
+                                                    int(params["batch_size"]), int(params["min_steps"])),
+                         lr=float(params["lr"]), momentum=float(params["momentum"]),
+                         lr_schedule=str(params["lr_schedule"]))
     with torch_threads(params["threads"]):
         train_head(groups, logits_fn, train, num_classes, config, seed, device=fit_device(params["device"]))
 
@@ -79,6 +96,8 @@ def _train(params: dict, groups: list[dict], logits_fn, train: FeatureSplit, num
 def fit_joint(train: FeatureSplit, classifier: StageOneClassifier, params: dict, seed: int) -> LinearPredictor:
     """The stage-1 classifier unchanged: logits = f W^T + b."""
     resolve_params("joint", params)
+    if classifier.cosine_scale is not None:
+        return CosinePredictor(classifier.weight, classifier.cosine_scale)
     return LinearPredictor(classifier.weight, classifier.bias)
 
 
@@ -92,6 +111,8 @@ def fit_ncm(train: FeatureSplit, classifier: StageOneClassifier, params: dict, s
 def fit_tau_norm(train: FeatureSplit, classifier: StageOneClassifier, params: dict, seed: int) -> LinearPredictor:
     """logits = f W_tau^T, W_tau = tau_normalize(W, tau), bias dropped; `.weight` = W_tau, `.tau`."""
     tau = float(resolve_params("tau_norm", params)["tau"])
+    if classifier.cosine_scale is not None:  # rows already enter normalised: tau changes nothing
+        return CosinePredictor(classifier.weight, classifier.cosine_scale, tau=tau)
     return LinearPredictor(tau_normalize(classifier.weight, tau), None, tau=tau)
 
 
@@ -120,8 +141,17 @@ def fit_lws(train: FeatureSplit, classifier: StageOneClassifier, params: dict, s
     bias = torch.from_numpy(classifier.bias.copy()).to(device)
     scales = torch.ones(classifier.num_classes, device=device, requires_grad=True)
     groups = [{"params": [scales], "weight_decay": float(params["weight_decay"])}]
-    _train(params, groups, lambda x: (x @ weight.T + bias) * scales, train, classifier.num_classes, seed)
+    cosine = classifier.cosine_scale
+
+    def logits_fn(x: torch.Tensor) -> torch.Tensor:
+        if cosine is not None:
+            return cosine * F.normalize(x, dim=1) @ F.normalize(weight, dim=1).T * scales
+        return (x @ weight.T + bias) * scales
+
+    _train(params, groups, logits_fn, train, classifier.num_classes, seed)
     learned = scales.detach().cpu().numpy().copy()
+    if cosine is not None:
+        return CosinePredictor(classifier.weight, cosine * learned, scales=learned)
     return LinearPredictor(classifier.weight * learned[:, None], classifier.bias * learned, scales=learned)
 
 
@@ -132,6 +162,8 @@ def fit_learned_tau(train: FeatureSplit, classifier: StageOneClassifier, params:
     tau is left unconstrained while learning (a negative value is reported, not clipped).
     """
     params = resolve_params("learned_tau", params)
+    if classifier.cosine_scale is not None:  # no gradient reaches tau through normalised rows
+        return CosinePredictor(classifier.weight, classifier.cosine_scale, tau=float(params["tau_init"]))
     device = fit_device(params["device"])
     weight = torch.from_numpy(classifier.weight.copy()).to(device)
     tau = torch.tensor(float(params["tau_init"]), device=device, requires_grad=True)
@@ -142,14 +174,15 @@ def fit_learned_tau(train: FeatureSplit, classifier: StageOneClassifier, params:
 
 
 def fit_cosine(train: FeatureSplit, classifier: StageOneClassifier, params: dict, seed: int) -> CosinePredictor:
-    """s * cos(x, w_j) with W re-initialised and s (start scale_init) learned; `.weight`, `.scale`."""
+    """s * cos(x, w_j) with W re-initialised; s = scale_init, learned only with learn_scale; `.weight`, `.scale`."""
     params = resolve_params("cosine", params)
     num_classes, dim = classifier.weight.shape
     device = fit_device(params["device"])
     weight = uniform_init((num_classes, dim), dim, torch.Generator().manual_seed(seed)).to(device).requires_grad_()
-    scale = torch.tensor(float(params["scale_init"]), device=device, requires_grad=True)
-    groups = [{"params": [weight], "weight_decay": float(params["weight_decay"])},
-              {"params": [scale], "weight_decay": 0.0}]  # decaying s would only shrink the logits
+    scale = torch.tensor(float(params["scale_init"]), device=device, requires_grad=bool(params["learn_scale"]))
+    groups = [{"params": [weight], "weight_decay": float(params["weight_decay"])}]
+    if params["learn_scale"]:
+        groups.append({"params": [scale], "weight_decay": 0.0})  # decaying s would only shrink the logits
 
     def logits_fn(x: torch.Tensor) -> torch.Tensor:
         return scale * F.normalize(x, dim=1) @ F.normalize(weight, dim=1).T

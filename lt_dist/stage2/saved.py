@@ -39,8 +39,15 @@ def predictor_tensors(predictor) -> tuple[dict[str, np.ndarray], dict]:
                                                                                           np.float64)},
                 {"metric": predictor.metric})
     if isinstance(predictor, CosinePredictor):
-        return ({"weight": predictor.weight, "scale": np.array([predictor.scale], np.float32)},
-                {"scale": predictor.scale})
+        # scale: one s, or (C,) per-class f_j * s (lws on a cosine stage-1 head)
+        scale = np.asarray(predictor.scale, np.float32).reshape(-1)
+        tensors = {"weight": predictor.weight, "scale": scale}
+        if getattr(predictor, "scales", None) is not None:
+            tensors["scales"] = np.asarray(predictor.scales, dtype=np.float32)
+        options = {"scale": float(scale[0]) if scale.size == 1 else [float(v) for v in scale]}
+        if hasattr(predictor, "tau"):
+            options["tau"] = float(predictor.tau)
+        return tensors, options
     raise ValueError(f"no saved form for a {type(predictor).__name__}")
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from lt_dist.stage2.methods import METHODS, SEARCH_SPACE
 from lt_dist.metrics import per_class_accuracy
 from lt_dist.stage2.select import balanced_train_score, evaluate_logits, per_class_counts
-from lt_dist.stage2.store import load_features
+from lt_dist.stage2.store import load_features, read_train_views
 from lt_dist.stage2.types import FeatureSplit, StageOneClassifier
 
 SELECT_ON = ("val", "train")
@@ -53,8 +53,10 @@ def check_select_on(select_on: str, has_val: bool) -> None:
 
 def _fit(features_dir: str, splits: tuple[str, ...], method: str, params: dict, seed: int):
     stored_splits, stored = load_features(features_dir, splits=splits)
-    classifier = StageOneClassifier(stored["weight"], stored["bias"], stored["train_counts"])
-    train = FeatureSplit(stored_splits["train"].features, stored_splits["train"].labels)
+    classifier = StageOneClassifier(stored["weight"], stored["bias"], stored["train_counts"],
+                                    stored.get("cosine_scale"))
+    train = FeatureSplit(stored_splits["train"].features, stored_splits["train"].labels,
+                         views=read_train_views(features_dir))
     return METHODS[method](train, classifier, params, seed), stored_splits, classifier, train
 
 

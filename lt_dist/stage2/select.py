@@ -1,4 +1,4 @@
-"""Scoring stage-2 predictors and picking a configuration (SPEC.md, "Stage 2" and "Evaluation").
+"""Scoring stage-2 predictors and picking a configuration (docs/METHOD.md, "Stage 2" and "Evaluation").
 
 Selection never looks at test: select on val, or on the balanced training score
 (the paper's B.5: mean over classes of per-class top-1 on the training set).

@@ -142,18 +142,38 @@ def read_split(folder: str, split: str) -> StoredSplit:
 
 
 def read_classifier(folder: str) -> dict:
-    """{"weight" (C, D), "bias" (C,), "train_counts" (C,), "class_names"} of the stage-1 classifier."""
+    """{"weight" (C, D), "bias" (C,), "train_counts" (C,), "class_names", "cosine_scale"} of the stage-1
+    classifier; cosine_scale is None for a linear head (features.json says which head it was)."""
     path = os.path.join(folder, CLASSIFIER)
     if not os.path.isfile(path):
         raise UserInputError(f"{folder!r} has no stage-1 classifier ({CLASSIFIER}); run `lt_dist extract` "
                              f"with the stage-1 checkpoint")
     table = _read_ipc(path)
+    index = read_index(folder) or {}
     try:
         return {"weight": _matrix(table.column("weight")), "bias": table.column("bias").to_numpy(),
                 "train_counts": table.column("train_count").to_numpy(),
-                "class_names": table.column("class_name").to_pylist()}
+                "class_names": table.column("class_name").to_pylist(),
+                "cosine_scale": index.get("cosine_scale") if index.get("head") == "cosine" else None}
     except (KeyError, AttributeError, pa.ArrowException) as error:
         raise UserInputError(f"{path!r} is not a classifier table of `lt_dist extract` ({error})") from None
+
+
+def read_train_views(folder: str) -> tuple[np.ndarray, ...]:
+    """The (N, D) matrices of train.view000.arrow, train.view001.arrow, ... (memory-mapped; () if none).
+
+    Each must hold train.arrow's rows in the same order (both are sorted by manifest row)."""
+    names = sorted(name for name in os.listdir(folder) if name.startswith("train.view") and name.endswith(".arrow"))
+    if not names:
+        return ()
+    train_rows = _read_ipc(os.path.join(folder, "train.arrow")).column("row").to_numpy()
+    views = []
+    for name in names:
+        table = _read_ipc(os.path.join(folder, name))
+        if not np.array_equal(table.column("row").to_numpy(), train_rows):
+            raise UserInputError(f"{os.path.join(folder, name)!r} does not hold train.arrow's rows: extract again")
+        views.append(_matrix(table.column("feature")))
+    return tuple(views)
 
 
 def load_features(folder: str, splits: tuple[str, ...] = ("train", "val", "test")) -> tuple[dict, dict]:

@@ -26,16 +26,19 @@ from lt_dist.stage2.types import FeatureSplit
 class TrainConfig:
     """Optimisation settings of one stage-2 fit."""
 
-    epochs: int = 10  # an epoch is len(train) samples, whatever the sampler (SPEC.md)
+    epochs: int = 10  # an epoch is len(train) samples, whatever the sampler (docs/METHOD.md)
     batch_size: int = 512
     lr: float = 0.2  # peak learning rate; cosine to 0 over all steps
     momentum: float = 0.9
     strategy: str | float = "class"  # the sampler: stage 2 is class-balanced; "instance" for baselines
+    lr_schedule: str = "step"  # cosine per optimizer step, or "epoch": held for each epoch (official)
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr < 0:
             raise ValueError(f"need epochs >= 0, batch_size >= 1 and lr >= 0, got {self.epochs}, "
                              f"{self.batch_size} and {self.lr}")
+        if self.lr_schedule not in ("step", "epoch"):
+            raise ValueError(f"lr_schedule must be 'step' or 'epoch', got {self.lr_schedule!r}")
 
 
 def balanced_batches(labels: np.ndarray, num_classes: int, config: TrainConfig, seed: int) -> Iterator[np.ndarray]:
@@ -57,6 +60,16 @@ def balanced_batches(labels: np.ndarray, num_classes: int, config: TrainConfig, 
 def steps_per_epoch(num_rows: int, batch_size: int) -> int:
     """Batches in one epoch of num_rows samples."""
     return -(-num_rows // batch_size)
+
+
+def batch_for_steps(num_samples: int, batch_size: int, min_steps: int) -> int:
+    """The batch size that spreads num_samples (rows x epochs) over at least min_steps optimizer steps:
+    min(batch_size, max(1, num_samples // min_steps)); min_steps 0 keeps batch_size."""
+    if min_steps < 0:
+        raise ValueError(f"min_steps must be >= 0, got {min_steps}")
+    if min_steps == 0:
+        return batch_size
+    return min(batch_size, max(1, num_samples // min_steps))
 
 
 def cosine_lr(peak: float, step: int, total_steps: int) -> float:
@@ -90,13 +103,17 @@ def train_head(param_groups: list[dict], logits_fn: Callable[[torch.Tensor], tor
         the loss of every step (floats, read back once at the end: no device sync per step).
     """
     optimizer = torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum)
-    total = config.epochs * steps_per_epoch(len(train.labels), config.batch_size)
+    per_epoch = steps_per_epoch(len(train.labels), config.batch_size)
+    total = config.epochs * per_epoch
     losses = []
     for step, rows in enumerate(balanced_batches(train.labels, num_classes, config, seed)):
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(config.lr, step, total)
+            group["lr"] = (cosine_lr(config.lr, step // per_epoch, config.epochs) if config.lr_schedule == "epoch"
+                           else cosine_lr(config.lr, step, total))
+        # augmented views (extract --train-views): epoch e reads view e % K; else the eval features
+        source = train.views[(step // per_epoch) % len(train.views)] if train.views else train.features
         # fancy indexing copies: torch never sees the read-only memory-mapped matrix
-        features = torch.from_numpy(train.features[rows]).to(device, non_blocking=True)
+        features = torch.from_numpy(source[rows]).to(device, non_blocking=True)
         labels = torch.from_numpy(train.labels[rows]).to(device, non_blocking=True)
         loss = F.cross_entropy(logits_fn(features), labels)
         optimizer.zero_grad(set_to_none=True)

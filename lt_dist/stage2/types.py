@@ -27,10 +27,14 @@ class FeatureSplit:
 
     features: np.ndarray  # (N, D) float32
     labels: np.ndarray  # (N,) int64, 0 .. C-1
+    views: tuple = ()  # K (N, D) augmented versions of `features`, same rows; trained heads use view e % K in epoch e
 
     def __post_init__(self) -> None:
         self.features = np.asarray(self.features, dtype=np.float32)
         self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.views = tuple(np.asarray(view, dtype=np.float32) for view in self.views)
+        if any(view.shape != self.features.shape for view in self.views):
+            raise ValueError(f"every view must have the features' shape {self.features.shape}")
         if self.features.ndim != 2 or self.labels.shape != (len(self.features),):
             raise ValueError(f"need features (N, D) and labels (N,), got {self.features.shape} "
                              f"and {self.labels.shape}")
@@ -40,11 +44,16 @@ class FeatureSplit:
 
 @dataclass
 class StageOneClassifier:
-    """The jointly trained linear classifier and the training counts it came with."""
+    """The jointly trained classifier and the training counts it came with.
+
+    A linear head gives logits f W^T + b; a cosine head (cosine_scale set, bias zeros)
+    gives cosine_scale * cos(f, w_j).
+    """
 
     weight: np.ndarray  # (C, D) float32, one row per class
     bias: np.ndarray  # (C,) float32
     train_counts: np.ndarray  # (C,) int64, training images per class (shot groups)
+    cosine_scale: float | None = None  # None: a linear head; else the stage-1 cosine head's scale s
 
     def __post_init__(self) -> None:
         self.weight = np.asarray(self.weight, dtype=np.float32)
