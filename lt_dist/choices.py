@@ -17,6 +17,7 @@ LOSS_PARAMS: dict[str, dict[str, float | bool]] = {
     "ce": {},
     "focal": {"gamma": 2.0},
     "class_balanced": {"beta": 0.9999},
+    "class_balanced_focal": {"beta": 0.9999, "gamma": 2.0},
     "ldam": {"max_margin": 0.5, "scale": 30.0, "drw": True, "drw_start": 0.8, "beta": 0.9999},
     "logit_adjusted": {"tau": 1.0},
 }
@@ -27,7 +28,7 @@ def loss_help() -> str:
     lines = []
     for name, params in LOSS_PARAMS.items():
         taken = ", ".join(f"{key}={value}" for key, value in params.items()) or "no parameters"
-        lines.append(f"  {name:<15} {taken}")
+        lines.append(f"  {name:<21} {taken}")
     return "\n".join(lines)
 
 

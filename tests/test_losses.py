@@ -170,7 +170,7 @@ def test_losses_raise_no_warnings(recwarn):
 
 def test_a_class_with_one_image_is_accepted_and_unknown_names_list_the_choices():
     assert torch.isfinite(build_loss("class_balanced", np.array([5, 1]))(LOGITS[:, :2], torch.tensor([0, 1, 1])))
-    with pytest.raises(ValueError, match="choose one of ce, focal, class_balanced, ldam, logit_adjusted$"):
+    with pytest.raises(ValueError, match="choose one of ce, focal, class_balanced, class_balanced_focal, ldam, logit_adjusted$"):
         build_loss("hinge", COUNTS)
 
 
