@@ -28,7 +28,7 @@ def loss_help() -> str:
     lines = []
     for name, params in LOSS_PARAMS.items():
         taken = ", ".join(f"{key}={value}" for key, value in params.items()) or "no parameters"
-        lines.append(f"  {name:<21} {taken}")
+        lines.append(f"  {name:<15} {taken}")
     return "\n".join(lines)
 
 
