@@ -14,7 +14,6 @@ it (with a log line) and takes the newest tag that verifies.
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from typing import Callable
 import torch
 
 from lt_dist.errors import UserInputError
+from lt_dist.files import file_sha256
 
 BEST_MODEL = "best_model.pt"
 MANIFEST = "lt_manifest.json"
@@ -54,15 +54,6 @@ def prune_checkpoints(folder: str, keep: int) -> list[str]:
     for tag in removed:
         shutil.rmtree(os.path.join(folder, tag), ignore_errors=True)
     return removed
-
-
-def file_sha256(path: str, chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in 4 MiB pieces."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_tag_manifest(tag_dir: str) -> dict:

@@ -13,6 +13,7 @@ import io
 import os
 import re
 import tarfile
+from lt_dist.files import file_sha256  # noqa: F401  (shards.format.file_sha256 is the name callers use)
 from dataclasses import dataclass
 
 FORMAT_NAME = "lt-dist-shards"
@@ -73,15 +74,6 @@ def make_key(sample_id: str) -> str:
     head, _, base = stem.rpartition("/")
     base = base.replace(".", "_").replace(" ", "_")
     return f"{head}/{base}" if head else base
-
-
-def file_sha256(path: str) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def padded(size: int) -> int:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import threading
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from lt_dist.storage.remote import RemoteStore
 from lt_dist.storage.retry import RemoteError
 from lt_dist.storage.settings import StorageSettings
 from lt_dist.storage.urls import split_url, url_key
+from lt_dist.files import file_sha256
 
 
 @dataclass
@@ -43,15 +43,6 @@ class CacheCounters:
     hits: int = 0  # get() found the object already there
     downloads: int = 0  # objects this process downloaded
     bytes_fetched: int = 0  # their bytes (a re-fetch after a sha256 mismatch counts twice)
-
-
-def sha256_of(path: str) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -260,6 +251,6 @@ def _quiet_remove(path: str) -> None:
 def _mismatch(path: str, fetched: int, size: int | None, sha256: str | None) -> str | None:
     if size is not None and fetched != size:
         return f"{fetched} bytes downloaded, shards.parquet says {size}"
-    if sha256 is not None and sha256_of(path) != sha256:
+    if sha256 is not None and file_sha256(path) != sha256:
         return "sha256 does not match shards.parquet"
     return None
