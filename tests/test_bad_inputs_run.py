@@ -88,6 +88,8 @@ def foreign_features_in_out(with_index: bool):
 
 
 # (id, command, extra arguments (replacing BASE's value of the same flag), message, setup, marks)
+UNWRITABLE = "/sys/lt-dist-unwritable"  # sysfs: mkdir there fails with EPERM, root included
+
 CASES = [
     # stage 1: numbers of the command line
     ("train-epochs-zero", "train", ["--epochs", "0"], "epochs must be in [1, 10000], got 0", None, ()),
@@ -187,6 +189,11 @@ CASES = [
     ("report-search-json-garbage", "report", [], "search.json' is malformed",
      lambda w: put(w / "results" / "search.json", '{"train_counts": [1e300, -4]}'), ()),
     ("report-out-is-folder", "report", ["--out", "W/data"], "'W/data' is a folder, not a file", None, ()),
+    # a folder nobody may write: sysfs refuses new entries even to root, as a read-only mount would
+    ("report-out-unwritable", "report", ["--out", f"{UNWRITABLE}/report.html"], UNWRITABLE, None, ()),
+    ("search-out-unwritable", "search", ["--out", f"{UNWRITABLE}/results"], UNWRITABLE, None, ()),
+    ("extract-out-unwritable", "extract", ["--out", f"{UNWRITABLE}/features"], UNWRITABLE, None, (TORCH,)),
+    ("train-out-unwritable", "train", ["--out", f"{UNWRITABLE}/run"], UNWRITABLE, None, (TORCH,)),
     ("report-out-folder-missing", "report", ["--out", "W/no/such/report.html"], "does not exist", None, ()),
     ("report-out-would-overwrite", "report", ["--out", "W/ds.json"], "is not a report written by lt_dist report",
      None, ()),
