@@ -130,7 +130,7 @@ bench-fashion-lt: setup demo-data
 GPU_WHEELS := gpu-wheels
 GPU_WHEEL_DEPS := einops==0.8.2 hjson==3.1.0 msgpack==1.2.4 ninja==1.13.2 psutil==7.2.2 py-cpuinfo==9.0.0 \
 	pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-extensions==4.16.0 \
-	typing-inspection==0.4.5 packaging==26.4
+	typing-inspection==0.4.5 packaging==26.3 tqdm==4.70.1
 GPU_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 \
 	manylinux_2_12_x86_64 manylinux2010_x86_64,--platform $(p))
 

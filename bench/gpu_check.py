@@ -92,6 +92,13 @@ def check_machine(args, site: str | None) -> None:
     if importlib.util.find_spec("deepspeed") is None:
         raise CannotRun("DeepSpeed is not installed: run `make gpu-wheels` and pass --wheels gpu-wheels "
                         "(or pip install deepspeed)")
+    # present is not importable: a dependency missing from the wheels would fail every later step
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (REPO, site or "") if p)}
+    probe = subprocess.run([sys.executable, "-c", "import deepspeed, tqdm, pyarrow, lt_dist.shards.pack"],
+                           env=env, cwd=REPO, capture_output=True, text=True)
+    if probe.returncode:
+        last = (probe.stderr.strip().splitlines() or ["no message"])[-1]
+        raise CannotRun(f"cannot import what the steps need: {last}")
     if args.photos is None and importlib.util.find_spec("sklearn") is None:
         raise CannotRun("no photos: scikit-learn is not installed; pass --photos gpu-wheels/photos "
                         "(`make gpu-wheels` copies them there)")
@@ -216,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         check_machine(args, site)
     except CannotRun as error:
         print(f"gpu_check: error: {error}", file=sys.stderr)
+        write(args.out, {"benchmark": "gpu_check", "dry_run": args.dry_run, "cannot_run": str(error), "steps": {}})
         return 2
     paths = [REPO] + ([site] if site else []) + [os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "PYTHONUNBUFFERED": "1"}
