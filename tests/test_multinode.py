@@ -53,8 +53,10 @@ def test_deepspeed_no_ssh_two_nodes_match_four_ranks_on_one_node(tiny, one_node_
     assert reference["num_nodes"] == 1 and [p["node_rank"] for p in single] == [0] * 4
     tag = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
     # every rank of both nodes wrote its optimizer part into the one shared tag folder, rank 0 the model
-    assert sorted(p.name for p in tag.iterdir()) == ["mp_rank_00_model_states.pt", *(
-        f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(4))]
+    parts = ["mp_rank_00_model_states.pt", *(f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(4))]
+    assert sorted(p.name for p in tag.iterdir()) == ["lt_manifest.json", *parts]
+    # rank 0's manifest, written after every rank of both nodes saved, accounts for each part
+    assert sorted(json.loads((tag / "lt_manifest.json").read_text())["files"]) == parts
     assert_same_weights(final_weights(one_node_run), final_weights(run))
 
 
