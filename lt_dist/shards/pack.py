@@ -254,8 +254,8 @@ class _Runner:
         self.bar = bar
         if self.pool is None:
             return [pack_class(task, bar.update) for task in tasks]
-        futures = [self.pool.submit(_pack_in_worker, task) for task in tasks]
-        try:
+        try:  # submit raises BrokenProcessPool too, when a worker died before the last task went in
+            futures = [self.pool.submit(_pack_in_worker, task) for task in tasks]
             return [future.result() for future in as_completed(futures)]
         except BrokenProcessPool:
             raise PackWorkerDied("a packing process died (killed, or out of memory); the shards finished "
