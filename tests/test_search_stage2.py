@@ -104,6 +104,7 @@ def test_bad_input_fails_at_start_up(tmp_path, case, message):
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
 
 
+@pytest.mark.slow  # ~1 min; test_search_interrupt covers resume after Ctrl-C in the default run
 def test_interrupted_search_resumes(tmp_path):
     """SIGKILL the driver once some trials finished; --resume restores the experiment and completes it."""
     features = write_features(tmp_path / "features")
