@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
 
 from lt_dist.stage2.heads import LinearPredictor
-from lt_dist.stage2.select import balanced_train_score, evaluate_logits, select_best
+from lt_dist.stage2.select import balanced_train_score, evaluate_logits, per_class_counts, select_best
 from lt_dist.stage2.types import FeatureSplit
 
 
@@ -45,7 +46,29 @@ def test_select_best_takes_the_highest_and_the_first_on_ties():
 
 
 def test_select_best_rejects_empty_and_missing_keys():
-    with pytest.raises(ValueError, match="no results"):
+    with pytest.raises(ValueError, match="^no results to select from$"):
         select_best([], "score")
     with pytest.raises(ValueError, match="'score'"):
         select_best([{"score": 1.0}, {"other": 2.0}], "score")
+
+
+def test_select_best_keeps_a_first_result_that_is_already_the_best():
+    assert select_best([{"s": 3.0}], "s") == {"s": 3.0}
+    assert select_best([{"s": 3.0, "i": 0}, {"s": 1.0, "i": 1}, {"s": 2.0, "i": 2}], "s")["i"] == 0
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint8, np.float64])
+def test_per_class_counts_takes_labels_of_any_integer_valued_dtype(dtype):
+    """Labels read back from Parquet or a CSV may come as int32 or float: counted as the same classes."""
+    labels = np.array([0, 2, 2, 1, 2], dtype=dtype)
+    logits = one_hot_logits([0, 2, 1, 1, 0], 3)
+    correct, total = per_class_counts(logits, labels)
+    assert correct.tolist() == [1, 1, 1] and total.tolist() == [1, 1, 3]
+
+
+@pytest.mark.parametrize("logits_shape, num_labels", [((4,), 4), ((4, 3), 5), ((2, 4, 3), 2)])
+def test_per_class_counts_refuses_shapes_that_do_not_fit_naming_them(logits_shape, num_labels):
+    logits, labels = np.zeros(logits_shape, dtype=np.float32), np.zeros(num_labels, dtype=np.int64)
+    expected = f"need logits (N, C) and labels (N,), got {logits_shape} and ({num_labels},)"
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        per_class_counts(logits, labels)
