@@ -103,7 +103,9 @@ class NCMPredictor:
         """(N, D) -> (N, C) float32: -squared distance ("l2") or cosine ("cos") to each mean."""
         features = np.asarray(features)
         empty = np.isnan(self.centroids).any(axis=1)
-        centroids = np.where(empty[:, None], 0.0, self.centroids)
+        # a NaN centroid (a class without training rows) only spoils its own logit column,
+        # which is set to -inf below; NaN arithmetic raises no floating-point warning
+        centroids = self.centroids
         if self.metric == "cos":  # METHOD.md: cosine with the means (the official code skips normalising them)
             centroids = _l2_rows(centroids)
         logits = np.empty((len(features), len(centroids)), dtype=np.float32)
@@ -153,7 +155,7 @@ class CosinePredictor:
 
     def __init__(self, weight: np.ndarray, scale, **extra):
         self.weight = np.asarray(weight, dtype=np.float32)
-        self.scale = float(scale) if np.ndim(scale) == 0 else np.asarray(scale, dtype=np.float32)
+        self.scale = np.asarray(scale, dtype=np.float32)  # () or (C,): broadcasts over (N, C) either way
         for name, value in extra.items():  # method-specific state: tau, scales
             setattr(self, name, value)
 
