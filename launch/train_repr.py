@@ -32,7 +32,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DS_CONFIG = "launch/ds.json"
 EXIT_INTERRUPTED = 130  # engine.preempt.EXIT_INTERRUPTED; not imported from there, which would import torch
 # config.json keys that record facts of a run rather than settings: accepted and skipped by --config
-RECORDED_FACTS = ("world_size", "num_nodes", "ranks", "num_classes", "class_names", "train_counts")
+RECORDED_FACTS = ("world_size", "num_nodes", "ranks", "num_classes", "class_names", "train_counts", "command",
+                  "git_commit")
 
 
 def _loss_param(text: str) -> tuple[str, float | bool]:

@@ -1,7 +1,9 @@
 """The whole pipeline in miniature, as `make demo` runs it: pack -> deepspeed -> extract -> Ray -> report."""
 import csv
+import html
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,7 +69,7 @@ def test_every_artefact_exists(pipeline):
                 "features": ["train.arrow", "val.arrow", "test.arrow", "classifier.arrow", "features.json"],
                 "results": ["trials.parquet", "best.json", "table.md", "table.csv", "per_class.csv",
                             "tau_curve.png", "weight_norms.png", "class_counts.png", "accuracy_vs_size.png",
-                            "table.png", "report.html"]}
+                            "table.png", "training_curves.png", "report.html", "search.json"]}
     for folder, names in expected.items():
         for name in names:
             assert (pipeline[folder] / name).exists(), f"{folder}/{name}"
@@ -99,6 +101,24 @@ def test_report_opens_in_chromium_without_console_errors(pipeline, tmp_path, tmp
     probe = tmp_path / "probe.html"
     probe.write_text("<html><body><script>missingFunction();</script></body></html>")
     assert any("missingFunction" in m for m in browser.open_page(str(probe), str(tmp_path / "probe.png")))
+
+
+def test_report_says_what_was_run(pipeline):
+    """Curves from the run's log.jsonl, the provenance of every step, and the per-class table by name."""
+    text = (pipeline["results"] / "report.html").read_text()
+    assert "Stage 1: training loss and val accuracy" in text and "How this was made" in text
+    facts = dict(re.findall(r"<tr><th>([^<]+)</th><td><code>([^<]*)</code></td></tr>", text))
+    assert facts["stage-1 run"] == str(pipeline["run"]) and facts["data"] == str(pipeline["shards"])
+    assert (facts["arch"], facts["epochs"], facts["sampler"], facts["loss"], facts["world size"]) == \
+        ("resnet10", "1", "instance", "ce", "2")
+    assert "launch/train_repr.py" in facts["stage 1"] and "--arch resnet10" in facts["stage 1"]
+    assert "extract" in facts["extract"] and "search_stage2.py" in facts["search"]
+    config = json.loads((pipeline["run"] / "config.json").read_text())
+    if (REPO / ".git").exists():  # a checkout records its commit; a copy of the files records none
+        assert facts["git commit (stage 1)"] == config["git_commit"] and len(config["git_commit"]) >= 40
+    class_names = json.loads((pipeline["results"] / "search.json").read_text())["class_names"]
+    assert f"{len(class_names)} classes</summary>" in text
+    assert all(f"<tr><td>{html.escape(name)}</td>" in text for name in class_names)
 
 
 def test_table_is_the_best_trials_with_their_test_scores(pipeline):

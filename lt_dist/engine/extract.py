@@ -24,6 +24,7 @@ from lt_dist.errors import UserInputError
 from lt_dist.models.resnet import build_model
 from lt_dist.optional import require
 from lt_dist.outputs import check_output_folder
+from lt_dist.runinfo import provenance
 from lt_dist.shards.manifest import check_splits_agree, load_manifest, resolve_split
 from lt_dist.stage2 import store
 
@@ -121,6 +122,7 @@ def _extract_splits(best: dict, split_dirs: dict, counts: dict, world: World, ou
     os.makedirs(out, exist_ok=True)
     info = {"ckpt": ckpt, "ckpt_sha256": ckpt_sha256, "data": data, "arch": best["arch"],
             "feature_dim": model.feature_dim, "num_classes": best["num_classes"], "best_epoch": best.get("epoch"),
+            **provenance(os.path.abspath(__file__)),
             "splits": {split: entry for split, entry in previous.items() if split not in split_dirs}}
     if bn_batches:
         info["bn_recalibrate"] = _recalibrate(model, ckpt, data, best, world, decoder, batch_size, workers,

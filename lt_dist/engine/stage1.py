@@ -32,6 +32,7 @@ from lt_dist.losses import LOSSES, build_loss
 from lt_dist.models.resnet import MODELS, build_model
 from lt_dist.optional import require
 from lt_dist.outputs import check_output_folder
+from lt_dist.runinfo import provenance
 from lt_dist.shards.manifest import check_splits_agree, load_manifest, resolve_split, test_split
 
 
@@ -154,7 +155,8 @@ def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: Wo
         dump(config, os.path.join(config.out, "config.json"),
              {"deepspeed": ds_config, "world_size": world.world_size, "num_nodes": world.num_nodes,
               "ranks": placements, "num_classes": num_classes,
-              "class_names": facts["class_names"], "train_counts": counts.tolist()})
+              "class_names": facts["class_names"], "train_counts": counts.tolist(),
+              **provenance(os.path.abspath(__file__))})
 
     clock = CheckpointClock(config.ckpt_minutes)
 

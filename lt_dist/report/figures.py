@@ -30,6 +30,12 @@ def plot_class_counts(counts_by_name: dict[str, np.ndarray], path: str, title: s
     plt.close(figure)
 
 
+def _integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
 def _pyplot():
     import matplotlib
 
@@ -110,4 +116,32 @@ def plot_table(rows: list[dict], display: dict[str, str], path: str, title: str)
     table.scale(1, 1.3)
     axes.set_title(title, fontsize=9)
     figure.savefig(path, bbox_inches="tight")
+    plt.close(figure)
+
+
+def plot_training_curves(epochs: list[dict], lr_steps: list[tuple[int, float]], path: str) -> None:
+    """Stage 1 as it trained: mean loss and val Many/Medium/Few/All per epoch, lr per logged step.
+
+    Args:
+        epochs: log.jsonl "epoch" lines: {"epoch", "loss", "val_all", "val_many", "val_medium", "val_few"}.
+        lr_steps: (optimizer step, lr) of the "train" lines; the panel is left out when empty.
+    """
+    plt = _pyplot()
+    panels = 3 if lr_steps else 2
+    figure, axes = plt.subplots(1, panels, figsize=(3.6 * panels, 3.2), dpi=120)
+    numbers = [e["epoch"] for e in epochs]  # 0-based, as stage 1 prints them
+    axes[0].plot(numbers, [e["loss"] for e in epochs], "-o", markersize=3)
+    axes[0].set(xlabel="epoch", ylabel="mean training loss", title="loss")
+    for group, style in (("many", "-o"), ("medium", "-s"), ("few", "-^"), ("all", "-ok")):
+        axes[1].plot(numbers, [e.get(f"val_{group}", float("nan")) for e in epochs], style, markersize=3,
+                     label=group.capitalize())
+    axes[1].set(xlabel="epoch", ylabel="val top-1 (%)", title="val accuracy")
+    for panel in axes[:2]:  # epochs are whole numbers, counted from 0 as stage 1 prints them
+        panel.xaxis.set_major_locator(_integer_ticks())
+    axes[1].legend(fontsize="small")
+    if lr_steps:
+        axes[2].plot([step for step, _ in lr_steps], [lr for _, lr in lr_steps])
+        axes[2].set(xlabel="optimizer step", ylabel="learning rate", title="lr")
+    figure.tight_layout()
+    figure.savefig(path)
     plt.close(figure)

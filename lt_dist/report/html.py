@@ -12,18 +12,21 @@ import numpy as np
 
 from lt_dist.errors import UserInputError
 from lt_dist.outputs import check_output_file
-from lt_dist.report.figures import plot_accuracy_vs_size, plot_table
+from lt_dist.report.figures import plot_accuracy_vs_size, plot_table, plot_training_curves
 from lt_dist.report.models import models_html
+from lt_dist.report.run import find_sources, provenance_rows, read_log
 from lt_dist.report.tables import DISPLAY, read_table_csv
 
-FIGURES = (("class_counts.png", "Training class counts (sorted, log scale)"),
+FIGURES = (("training_curves.png", "Stage 1: training loss and val accuracy per epoch, learning rate per step"),
+           ("class_counts.png", "Training class counts (sorted, log scale)"),
            ("tau_curve.png", "Accuracy against τ (val)"),
            ("weight_norms.png", "Classifier weight norms, classes sorted by training count"),
            ("accuracy_vs_size.png", "Per-class test accuracy against class size"))
 STYLE = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:.35em .8em;text-align:right}
 th:first-child,td:first-child{text-align:left}figure{margin:1.5em 0}img{max-width:100%}
-.note{color:#555;font-size:.9em}"""
+.note{color:#555;font-size:.9em}table.facts th{text-align:left;font-weight:normal;color:#555}
+table.facts td{text-align:left;word-break:break-all}"""
 
 
 def _image(path: str) -> str:
@@ -56,6 +59,40 @@ def _table_html(rows: list[dict]) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
+def _provenance_html(rows: list[tuple[str, str]]) -> str:
+    """The "How this was made" section: one row per recorded fact ('' when nothing was recorded)."""
+    if not rows:
+        return ""
+    body = "".join(f"<tr><th>{html.escape(name)}</th><td><code>{html.escape(value)}</code></td></tr>"
+                   for name, value in rows)
+    return f'<h2>How this was made</h2><table class="facts">{body}</table>'
+
+
+def _per_class_html(results_dir: str) -> str:
+    """Per-class test accuracy of each method, classes by name, most images first, in a folded table."""
+    path = os.path.join(results_dir, "per_class.csv")
+    if not os.path.isfile(path):
+        return ""
+    classes: dict[int, dict] = {}
+    methods: list[str] = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                entry = classes.setdefault(int(row["label"]), {"name": row["class_name"], "group": row["group"],
+                                                               "count": int(row["train_count"]), "accuracy": {}})
+                entry["accuracy"][row["method"]] = row["test_accuracy"]
+                if row["method"] not in methods:
+                    methods.append(row["method"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserInputError(f"{path!r} is malformed ({type(error).__name__}: {str(error)[:100]})") from None
+    head = "".join(f"<th>{html.escape(DISPLAY.get(m, m))}</th>" for m in methods)
+    body = "".join(f"<tr><td>{html.escape(c['name'])}</td><td>{html.escape(c['group'])}</td><td>{c['count']}</td>"
+                   + "".join(f"<td>{html.escape(c['accuracy'].get(m, ''))}</td>" for m in methods) + "</tr>"
+                   for _, c in sorted(classes.items(), key=lambda item: (-item[1]["count"], item[0])))
+    return (f"<details><summary>Per-class test accuracy (%), {len(classes)} classes</summary><table>"
+            f"<tr><th>class</th><th>group</th><th>train images</th>{head}</tr>{body}</table></details>")
+
+
 def build_report(results_dir: str, out: str | None = None) -> str:
     """Render results_dir/report.html (and table.png, accuracy_vs_size.png); returns its path."""
     table_csv = os.path.join(results_dir, "table.csv")
@@ -66,6 +103,10 @@ def build_report(results_dir: str, out: str | None = None) -> str:
     rows, info, per_class = _read_results(results_dir)
     if per_class:
         plot_accuracy_vs_size(per_class, os.path.join(results_dir, "accuracy_vs_size.png"))
+    index, run_dir = find_sources(info)
+    epochs, lr_steps = read_log(run_dir) if run_dir else ([], [])
+    if epochs:
+        plot_training_curves(epochs, lr_steps, os.path.join(results_dir, "training_curves.png"))
     name = os.path.basename(os.path.normpath(results_dir))
     plot_table(rows, DISPLAY, os.path.join(results_dir, "table.png"), f"{name}: top-1 (%), test, chosen on val")
     figures = "".join(f'<figure><img alt="{html.escape(caption)}" src="{_image(os.path.join(results_dir, file))}">'
@@ -84,7 +125,9 @@ Many-shot: more than 100 training images, few-shot: fewer than 20.</p>
 <h2>Many / Medium / Few / All (test top-1, %)</h2>
 {_table_html(rows)}
 {figures}
+{_per_class_html(results_dir)}
 {models_html(results_dir)}
+{_provenance_html(provenance_rows(info, index, run_dir))}
 <p class="note">Generated {time.strftime('%Y-%m-%d %H:%M')} by <code>lt_dist report</code>.</p>
 </body></html>
 """

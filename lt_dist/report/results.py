@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from lt_dist.metrics import shot_groups
 from lt_dist.report.figures import plot_class_counts, plot_tau_curve, plot_weight_norms
 from lt_dist.report.tables import DISPLAY, markdown_table, table_rows, write_table_csv
+from lt_dist.runinfo import provenance
 from lt_dist.stage2.saved import save_head
 from lt_dist.stage2.search import best_per_method, evaluate_chosen
 from lt_dist.stage2.store import INDEX, read_classifier
@@ -50,7 +51,8 @@ def write_results(out: str, features_dir: str, results: list[dict], seed: int, s
     with open(os.path.join(out, SEARCH_INFO), "w", encoding="utf-8") as handle:
         json.dump({"features": os.path.abspath(features_dir), "seed": seed, "select_on": select_on,
                    "trials": len(results), "train_counts": classifier["train_counts"].tolist(),
-                   "class_names": classifier["class_names"]}, handle, indent=1)
+                   "class_names": classifier["class_names"], **provenance(os.path.abspath(__file__))},
+                  handle, indent=1)
     _figures(out, results, norms, classifier["train_counts"])
     return table
 
