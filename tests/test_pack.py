@@ -93,6 +93,7 @@ def test_idx_long_tailed_subset_with_val_and_rebuild(idx_folder, tmp_path, capsy
     train, val, test = (load_manifest(str(out / s)) for s in ("train", "val", "test"))
     assert train.samples_per_class.tolist() == [20, 9, 4, 2]
     assert val.samples_per_class.tolist() == [4, 4, 4, 4]
+    assert "train: 35 images (20 to 2 per class)" in stdout and "val: 16 images (4 to 4 per class)" in stdout
     assert test.samples_per_class.tolist() == [5, 5, 5, 5]
     assert not set(train.samples.column("id").to_pylist()) & set(val.samples.column("id").to_pylist())
     assert train.samples.column("ext").unique().to_pylist() == ["png"]
@@ -128,9 +129,9 @@ def test_killed_pack_resumes_without_redoing_finished_shards(tmp_path, capsys):
     assert 3 <= len(finished) < 120
     assert not (split / "manifest.parquet").exists() and not (split / "dataset.json").exists()
 
-    status, _, err = pack([images, "--out", out, "--shard-count", 10], capsys)
+    status, summary, err = pack([images, "--out", out, "--shard-count", 10], capsys)
     assert status == 0, err
-    assert f"{len(finished)} finished shards reused" in err
+    assert summary.count("\n") == 1 and f"{len(finished)} finished shards reused" in summary
     assert {name: (split / name).stat().st_mtime_ns for name in finished} == finished
     assert not [p for p in split.iterdir() if ".tmp-" in p.name]
     status, out_text, _ = run_cli(["verify", out, "--decode"], capsys)

@@ -74,7 +74,10 @@ def _add_pack(subparsers) -> None:
     subset.add_argument("--profile", choices=("exp", "pareto"), help="n_j profile; none keeps every image")
     subset.add_argument("--imbalance", type=float, default=100.0, help="n_max / n_min")
     subset.add_argument("--alpha", type=float, default=6.0, help="pareto shape")
-    subset.add_argument("--max-per-class", type=int, help="n_max (default: smallest source class)")
+    subset.add_argument("--max-per-class", type=int,
+                        help="n_max, the images of the largest class of the subset (default: the smallest "
+                        "class of the source less --val-per-class, so every class can have its profile "
+                        "count; the summary line prints the largest and smallest class packed)")
     subset.add_argument("--val-per-class", type=int, default=0,
                         help="balanced val split held out of the images the subset left out")
     subset.add_argument("--seed", type=int, default=0, help="seed of the per-class draws")
@@ -153,9 +156,12 @@ def run_pack(args) -> int:
     except PackWorkerDied as error:  # a fault of the machine, not of the input: exit 1
         print(f"lt_dist pack: {error}", file=sys.stderr)
         return 1
-    for summary in summaries.values():
-        print(f"{summary['split']}: {summary['num_samples']} images, {summary['num_shards']} shards, "
-              f"{summary['bytes'] / 1e6:.1f} MB, {summary['skipped']} skipped")
+    for summary in summaries.values():  # the one summary line per split
+        reused = summary["reused_shards"]
+        print(f"{summary['split']}: {summary['num_samples']} images ({summary['largest_class']} to "
+              f"{summary['smallest_class']} per class), {summary['num_shards']} shards, "
+              f"{summary['bytes'] / 1e6:.1f} MB, {summary['skipped']} skipped, {summary['seconds']:.1f} s"
+              + (f", {reused} finished shards reused" if reused else ""))
     return 0
 
 

@@ -109,9 +109,6 @@ def pack_split(plan: SplitPlan, class_names: list[str], options: PackOptions, co
     elapsed = time.perf_counter() - started
     reused = sum(result.reused_shards for result in results)
     summary = _summary(info, elapsed, reused)
-    _log(f"{split_dir}: {summary['num_samples']} images in {summary['num_shards']} shards "
-           f"({summary['bytes'] / 1e6:.1f} MB) in {elapsed:.1f}s"
-           + (f", {reused} finished shards reused" if reused else ""))
     for entry in info["skipped"]:
         _log(f"  skipped {entry['id']} ({entry['origin']}): {entry['reason']}")
     if info["skipped"]:
@@ -327,7 +324,8 @@ def _dataset_info(plan: SplitPlan, class_names: list[str], results: list[ClassRe
 def _summary(info: dict, seconds: float, reused: int) -> dict:
     return {"split": info["split"], "num_samples": info["num_samples"], "num_shards": info["num_shards"],
             "bytes": info["bytes"], "skipped": len(info["skipped"]), "seconds": seconds,
-            "reused_shards": reused}
+            "reused_shards": reused, "largest_class": max(info["samples_per_class"]),
+            "smallest_class": min(info["samples_per_class"])}
 
 
 def _log(text: str) -> None:
