@@ -43,6 +43,14 @@ def test_lws_scales_the_cosine_logits_per_class():
     assert np.allclose(predictor(FEATURES), expected, atol=1e-4)
 
 
+def test_learned_tau_on_a_cosine_head_is_the_cosine_classifier_at_tau_init():
+    """Normalised rows leave tau no gradient: the head is returned unchanged, reporting tau_init."""
+    train = FeatureSplit(FEATURES, LABELS)
+    predictor = fit_method("learned_tau", train, classifier(), {"tau_init": 0.6})
+    assert predictor.tau == 0.6
+    assert np.allclose(predictor(FEATURES), SCALE * cosines_by_hand(FEATURES, WEIGHT), atol=1e-5)
+
+
 def test_the_head_kind_travels_through_the_feature_store(tmp_path):
     store.write_classifier(str(tmp_path), WEIGHT, np.zeros(3, np.float32), COUNTS, ["a", "b", "c"])
     store.write_index(str(tmp_path), {"head": "cosine", "cosine_scale": 1.0})

@@ -1,13 +1,15 @@
 """Stage-2 methods: each against its formula, and cRT on long-tailed Gaussian blobs."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
 import lt_dist.stage2 as stage2
 from lt_dist.stage2 import heads
-from lt_dist.stage2.methods import DEFAULT_PARAMS, METHODS, SEARCH_SPACE, fit_method, resolve_params
+from lt_dist.stage2.methods import COMMON_PARAMS, DEFAULT_PARAMS, METHODS, SEARCH_SPACE, fit_method, resolve_params
 from lt_dist.stage2.select import evaluate_logits
 from lt_dist.stage2.training import TrainConfig, train_head, uniform_init
 from lt_dist.stage2.types import FeatureSplit, StageOneClassifier
@@ -221,3 +223,78 @@ def test_a_fit_on_the_gpu_matches_the_cpu_fit(train, joint, method):
     on_cpu = fit_method(method, train, joint, {"epochs": 2}, seed=3)(train.features)
     on_gpu = fit_method(method, train, joint, {"epochs": 2, "device": "cuda"}, seed=3)(train.features)
     np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-3, atol=1e-3)
+
+
+def test_unknown_names_are_refused_in_one_exact_line():
+    methods = ", ".join(["joint", "ncm", "tau_norm", "crt", "lws", "learned_tau", "cosine"])
+    message = f"unknown stage-2 method 'dot'; choose one of {methods}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        resolve_params("dot", {})
+    accepted = ", ".join(["lr", "batch_size", "momentum", "lr_schedule", "min_steps", "epochs", "weight_decay",
+                          "threads", "device"])
+    message = f"unknown parameter(s) 'epoch', 'lrr' for 'crt'; accepted: {accepted}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        resolve_params("crt", {"lrr": 1, "epoch": 3})
+    assert set(COMMON_PARAMS) == {"threads", "device"}
+
+
+def learned_size(method: str, predictor) -> float:
+    """What weight decay pulls towards 0 in each trained method."""
+    if method == "lws":
+        return float(np.abs(predictor.scales).mean())
+    if method == "learned_tau":
+        return float(predictor.tau)
+    return float(np.linalg.norm(predictor.weight))
+
+
+@pytest.mark.parametrize("method", ["crt", "lws", "learned_tau", "cosine"])
+def test_weight_decay_reaches_what_each_method_learns(train, joint, method):
+    fits = [fit_method(method, train, joint, {"epochs": 2, "weight_decay": decay, "min_steps": 50}, seed=0)
+            for decay in (0.0, 0.3)]
+    assert learned_size(method, fits[1]) < 0.95 * learned_size(method, fits[0])
+
+
+def test_crt_learns_the_bias_that_off_centre_classes_need():
+    """Two 1-D classes at x = 1 and x = 3: only a bias puts the boundary near 2 (W x alone cannot)."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], [40, 8])
+    features = (np.where(labels == 0, 1.0, 3.0) + 0.1 * rng.standard_normal(len(labels)))[:, None].astype(np.float32)
+    classifier = StageOneClassifier(np.zeros((2, 1), np.float32), np.zeros(2, np.float32), np.array([40, 8]))
+    predictor = fit_method("crt", FeatureSplit(features, labels), classifier, {"epochs": 20, "lr": 0.5})
+    queries = np.array([[1.0], [1.5], [2.5], [3.0]], dtype=np.float32)
+    assert predictor(queries).argmax(axis=1).tolist() == [0, 0, 1, 1]
+
+
+def test_fit_method_default_seed_is_zero(train, joint):
+    params = {"epochs": 1, "min_steps": 20}
+    np.testing.assert_array_equal(fit_method("crt", train, joint, params)(train.features),
+                                  fit_method("crt", train, joint, params, seed=0)(train.features))
+
+
+def test_ncm_has_a_column_for_every_class_of_the_classifier(train, joint):
+    """The last class without training rows still gets a (-inf) column: logits are (N, C) of the classifier."""
+    rows = train.labels < len(COUNTS) - 1
+    predictor = fit_method("ncm", FeatureSplit(train.features[rows], train.labels[rows]), joint, {})
+    logits = predictor(train.features[:5])
+    assert logits.shape == (5, len(COUNTS)) and np.isneginf(logits[:, -1]).all()
+
+
+def test_cosine_scale_stays_fixed_unless_it_is_learned(train, joint):
+    params = {"epochs": 1, "min_steps": 50, "scale_init": 7.0}
+    assert float(fit_method("cosine", train, joint, params).scale) == 7.0
+    learned = float(fit_method("cosine", train, joint, {**params, "learn_scale": True}).scale)
+    assert learned != 7.0
+
+
+def test_learned_tau_starts_from_tau_init(train, joint):
+    """With lr 0 nothing moves: the reported tau is tau_init and the weights are W / ||W||^tau_init."""
+    predictor = fit_method("learned_tau", train, joint, {"epochs": 1, "lr": 0.0, "tau_init": 0.5})
+    assert predictor.tau == 0.5
+    np.testing.assert_allclose(predictor.weight, joint.weight / np.linalg.norm(joint.weight, axis=1,
+                                                                               keepdims=True) ** 0.5, rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["joint", "ncm", "tau_norm"])
+def test_methods_without_training_refuse_unknown_parameters_too(train, joint, method):
+    with pytest.raises(ValueError, match=f"unknown parameter\\(s\\) 'bogus' for '{method}'"):
+        fit_method(method, train, joint, {"bogus": 1})
