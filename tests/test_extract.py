@@ -144,3 +144,47 @@ def test_ctrl_c_leaves_no_half_written_features_and_a_rerun_finishes(run_and_dat
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert set(load_features(str(out))[0]) == {"train", "val"}
+
+
+def output_on_a_terminal(command: list[str], timeout: float = 120.0) -> str:
+    """stdout + stderr of a command run on a pseudo-terminal (isatty() is true, as for a person)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    # 40 rows x 120 columns: a fresh pty has size 0 x 0, where tqdm draws nothing
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    process = subprocess.Popen(command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    os.close(follower)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([leader], [], [], timeout)
+        if not ready:
+            process.kill()
+            raise AssertionError("no output for %s s" % timeout)
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the terminal closed: the process ended
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert process.wait(timeout=timeout) == 0, b"".join(chunks).decode(errors="replace")[-2000:]
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_terminal_shows_one_progress_bar_per_split_unless_no_progress(run_and_data, tmp_path, quiet):
+    root, _ = run_and_data
+    command = [sys.executable, "-m", "lt_dist.cli", "extract", "--ckpt", str(root / "run"), "--data",
+               str(root / "ds"), "--out", str(tmp_path / "f"), "--decoder", "torchvision", "--workers", "0",
+               "--batch-size", "4"] + (["--no-progress"] if quiet else [])
+    text = output_on_a_terminal(command)
+    assert "train: 28 features" in text and "val: 6 features" in text
+    bars = {split: f"extract {split}:" in text and "img" in text for split in ("train", "val")}
+    assert bars == ({"train": False, "val": False} if quiet else {"train": True, "val": True}), text[-1500:]

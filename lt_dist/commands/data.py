@@ -124,6 +124,8 @@ def _add_extract(subparsers) -> None:
                         "4 x feature-dim bytes per sample per view); the trained stage-2 methods walk one per epoch")
     parser.add_argument("--seed", type=int, default=0,
                         help="sampling and augmentation of --bn-recalibrate and --train-views")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress output (default: a bar per split on a terminal, else a line every 30 s)")
     add_storage_flags(parser)
     parser.set_defaults(run=run_extract)
 
@@ -166,5 +168,5 @@ def run_extract(args) -> int:
 
     bn_batches = args.bn_batches if args.bn_recalibrate == "class" else 0
     extract(args.ckpt, args.data, splits, args.out, args.decoder, args.batch_size, args.workers, bn_batches,
-            args.seed, args.train_views)
+            args.seed, args.train_views, progress=not args.no_progress)
     return 0

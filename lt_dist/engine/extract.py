@@ -24,6 +24,7 @@ from lt_dist.errors import UserInputError
 from lt_dist.models.resnet import build_model
 from lt_dist.optional import require
 from lt_dist.outputs import check_output_folder
+from lt_dist.progress import Progress
 from lt_dist.runinfo import provenance
 from lt_dist.shards.manifest import check_splits_agree, load_manifest, resolve_split
 from lt_dist.stage2 import store
@@ -35,24 +36,29 @@ def _device(world: World) -> torch.device:
 
 @torch.no_grad()
 def extract_rows(model, split_dir: str, num_samples: int, world: World, preset, decoder: str, batch_size: int,
-                 workers: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 workers: int, seed: int = 0, progress: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """This rank's (rows (n,), labels (n,), features (n, D) float32) of a split of num_samples.
 
-    seed: of the augmentation (a training preset draws its crops from it; eval presets ignore it)."""
+    seed: of the augmentation (a training preset draws its crops from it; eval presets ignore it).
+    progress: the bar's name on the main rank ("" for none); every rank reads an equal share, so the
+    main rank's images/s and ETA stand for the whole job."""
     sampler = SequentialSampler(num_samples, world, batch_size)
     loader = BalancedLoader(LoaderConfig(split_dir, batch_size, preset, SamplerConfig(seed=seed), decoder=decoder,
                                          num_workers=workers), world, sampler=sampler)
     device = next(model.parameters()).device
+    bar = Progress(len(sampler.rows), progress, enabled=bool(progress) and world.is_main, unit="img")
     features, labels = [], []
     for images, batch_labels in loader:
         features.append(model.features(images.to(device)).float().cpu().numpy())
         labels.append(batch_labels.cpu().numpy())
+        bar.update(len(batch_labels))
+    bar.close()
     return sampler.rows, np.concatenate(labels), np.concatenate(features)
 
 
 def extract(ckpt: str, data: str, splits: list[str], out: str, decoder: str = "dali",
             batch_size: int = 256, workers: int = 2, bn_batches: int = 0, seed: int = 0,
-            train_views: int = 0) -> dict:
+            train_views: int = 0, progress: bool = True) -> dict:
     """Write out/<split>.arrow for each split, classifier.arrow and features.json; returns the index.
 
     bn_batches > 0: first re-estimate the BN statistics on that many class-balanced training
@@ -79,7 +85,7 @@ def extract(ckpt: str, data: str, splits: list[str], out: str, decoder: str = "d
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     with process_group_closed_at_exit() if starts_group else nullcontext():
         return _extract_splits(best, split_dirs, counts, world, out, ckpt, data, decoder, batch_size, workers,
-                               ckpt_sha256, previous, bn_batches, seed, train_views)
+                               ckpt_sha256, previous, bn_batches, seed, train_views, progress)
 
 
 def check_features_folder(out: str, ckpt_sha256: str, splits: list[str]) -> dict:
@@ -107,7 +113,7 @@ def check_features_folder(out: str, ckpt_sha256: str, splits: list[str]) -> dict
 
 def _extract_splits(best: dict, split_dirs: dict, counts: dict, world: World, out: str, ckpt: str, data: str,
                     decoder: str, batch_size: int, workers: int, ckpt_sha256: str, previous: dict,
-                    bn_batches: int = 0, seed: int = 0, train_views: int = 0) -> dict:
+                    bn_batches: int = 0, seed: int = 0, train_views: int = 0, progress: bool = True) -> dict:
     """The body of extract once the process group (if any) is up; returns the index.
 
     The index is written before the first features file and after each split, so a
@@ -133,7 +139,7 @@ def _extract_splits(best: dict, split_dirs: dict, counts: dict, world: World, ou
         started = time.perf_counter()
         num_samples = int(counts[split].sum())
         rows, labels, features = extract_rows(model, split_dir, num_samples, world, preset, decoder, batch_size,
-                                              workers)
+                                              workers, progress=f"extract {split}" if progress else "")
         _write_parts(out, split, split_dir, world, rows, labels, features)
         info["splits"][split] = {"num_samples": num_samples, "seconds": round(time.perf_counter() - started, 2),
                                  "ckpt": ckpt, "ckpt_sha256": ckpt_sha256}
