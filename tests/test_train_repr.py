@@ -143,6 +143,8 @@ def test_resume_falls_back_past_a_damaged_newest_checkpoint(shards, tmp_path):
     assert len(tags) == 2 and all((run / "checkpoints" / tag / "lt_manifest.json").is_file() for tag in tags)
     model_file = run / "checkpoints" / tags[1] / "mp_rank_00_model_states.pt"
     model_file.write_bytes(model_file.read_bytes()[:1000])
+    # as if killed after its last checkpoint, before the test evaluation: a finished run is not resumed
+    (run / "test_metrics.json").unlink()
     refused = launch(shards, run, "--epochs", 3, "--workers", 0, "--resume", procs=1)
     output, _ = refused.communicate(timeout=600)  # the saved sampling plan is for 2 epochs
     assert refused.returncode != 0 and "trained with epochs=2, this run has epochs=3" in output, output[-3000:]
