@@ -1,8 +1,10 @@
+import re
+
 import numpy as np
 import pytest
 
-from lt_dist.data.sampler import (BalancedSampler, SamplerConfig, class_quotas, draw_classes, occurrence_index,
-                                  rank_block)
+from lt_dist.data.sampler import (BalancedSampler, SamplerConfig, SequentialSampler, class_quotas, draw_classes,
+                                  occurrence_index, rank_block)
 from lt_dist.dist import World
 
 COUNTS = np.array([50, 20, 7, 3, 1])  # 81 samples
@@ -144,3 +146,62 @@ def test_largest_remainders_get_the_leftover_draws():
     probs = np.random.default_rng(0).dirichlet(np.ones(7))
     quotas = class_quotas(probs, 101)
     assert quotas.sum() == 101 and np.abs(quotas - probs * 101).max() < 1 and quotas.dtype == np.int64
+
+
+def test_quotas_give_leftover_draws_to_the_largest_remainders_lowest_label_first():
+    # remainders .5 (labels 0-9 and 30-39) and .25 (10-29); 15 draws are left after the floors:
+    # every .5 beats every .25, and among the tied .5 the lower labels win: 0-9, then 30-34
+    exact = np.array([10.5] + [1.5] * 9 + [1.25] * 20 + [1.5] * 10)  # sums to 64; exact in binary
+    quotas = class_quotas(exact / 64, 64)
+    expected = np.floor(exact).astype(int)
+    expected[list(range(10)) + list(range(30, 35))] += 1
+    assert quotas.tolist() == expected.tolist() and quotas.sum() == 64
+    # the largest remainder, not the largest class: 5 + 1.7 + 3.3 gives the spare draw to label 1
+    assert class_quotas(np.array([0.5, 0.17, 0.33]), 10).tolist() == [5, 2, 3]
+
+
+def test_rank_block_needs_one_sample_per_rank():
+    assert rank_block(4, 4, "drop") == 1 and rank_block(3, 4, "pad") == 1
+    with pytest.raises(ValueError, match="^an epoch of 3 samples cannot feed 4 ranks$"):
+        rank_block(3, 4, "drop")
+
+
+def test_an_epoch_of_labels_is_int32():
+    """4 bytes per draw: an iNaturalist-sized epoch of labels stays small in every loader worker."""
+    for strategy in ("instance", "class"):
+        assert draw_classes(COUNTS, SamplerConfig(strategy), 0, 200).dtype == np.int32
+
+
+def test_sampler_refuses_bad_counts_and_epochs_in_one_line_and_takes_a_single_class():
+    message = "the manifest holds no samples: cannot sample an empty dataset"
+    for counts in ([], [0, 0], [[3, 4]]):
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            BalancedSampler(np.array(counts), SamplerConfig("class"), World(), 2)
+    with pytest.raises(ValueError, match="^num_epochs must be >= 1, got 0$"):
+        BalancedSampler(COUNTS, SamplerConfig("progressive", num_epochs=0), World(), 2)
+    single = BalancedSampler(np.array([5]), SamplerConfig("class"), World(), 2)
+    assert sorted(single.rank_rows(0).tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_sequential_sampler_deals_rows_to_ranks_and_batches_to_workers():
+    samplers = [SequentialSampler(11, World(rank, 3), batch_size=2) for rank in range(3)]
+    assert [s.rank_rows(5).tolist() for s in samplers] == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]]
+    assert [(s.per_rank, s.num_batches) for s in samplers] == [(4, 2), (4, 2), (3, 2)]
+    rank0 = samplers[0]
+    assert [b.tolist() for b in rank0.worker_batches(0)] == [[0, 3], [6, 9]]
+    assert [b.tolist() for b in rank0.worker_batches(0, worker=1, num_workers=2)] == [[6, 9]]
+    assert [b.tolist() for b in rank0.worker_batches(0, worker=0, num_workers=2)] == [[0, 3]]
+    assert [b.tolist() for b in rank0.worker_batches(0, start_batch=1)] == [[6, 9]]
+    assert rank0.rows.dtype == np.int64
+    assert [b.tolist() for b in SequentialSampler(1, World(), batch_size=1).worker_batches(0)] == [[0]]
+    for num_samples, batch_size in ((0, 2), (5, 0)):
+        with pytest.raises(ValueError, match=f"^need num_samples >= 1 and batch_size >= 1, got {num_samples}, "
+                                             f"{batch_size}$"):
+            SequentialSampler(num_samples, World(), batch_size)
+
+
+def test_worker_batches_default_to_every_batch_of_the_rank():
+    sampler = BalancedSampler(COUNTS, SamplerConfig("class", seed=2), World(), batch_size=10)
+    every = sampler.worker_batches(0)
+    assert len(every) == sampler.num_batches
+    assert np.array_equal(np.concatenate(every), sampler.rank_rows(0))
