@@ -55,3 +55,12 @@ def test_provenance_rows_take_the_run_first_and_leave_out_what_was_not_recorded(
     assert "git commit (search)" not in rows
     only_index = dict(provenance_rows({}, index, None))
     assert only_index["arch"] == "other" and "epochs" not in only_index and "stage-1 run" not in only_index
+
+
+def test_a_hand_edited_config_never_breaks_the_report(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"loss": "ce", "loss_params": "gamma=2"},
+                                                      "world_size": None}))
+    rows = dict(provenance_rows({}, {}, str(tmp_path)))
+    assert rows == {"stage-1 run": str(tmp_path), "loss": "ce"}
+    (tmp_path / "config.json").write_text("[1, 2]")
+    assert dict(provenance_rows({}, {}, str(tmp_path))) == {"stage-1 run": str(tmp_path)}

@@ -66,7 +66,7 @@ def provenance_rows(search_info: dict, index: dict, run_dir: str | None) -> list
     config = _read_json(os.path.join(run_dir, "config.json")) if run_dir else {}
     train = config.get("train", {}) if isinstance(config.get("train"), dict) else {}
     loss = train.get("loss")
-    if loss and train.get("loss_params"):
+    if loss and isinstance(train.get("loss_params"), dict) and train["loss_params"]:
         loss = f"{loss} ({', '.join(f'{k}={v}' for k, v in train['loss_params'].items())})"
     rows = [("stage-1 run", run_dir), ("data", train.get("data") or index.get("data")),
             ("arch", train.get("arch") or index.get("arch")), ("epochs", train.get("epochs")),
