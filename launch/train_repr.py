@@ -94,6 +94,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "is there, else PIL in the loader workers); default: dali where it is installed, else torchvision")
     arg("--workers", type=int, default=None, help="loader processes per rank (default: 0 for dali, which "
         "decodes in its own threads; for torchvision the node's CPUs per rank less one, at most 8; logged)")
+    arg("--torch-threads", type=int, default=None, help="torch intra-op threads per rank (default: planned from "
+        "the node's cores and its ranks, three quarters of each rank's share on a CPU, 1 on a GPU; logged)")
+    arg("--dali-threads", type=int, default=None, help="DALI decode threads per rank (default: the rest of the "
+        "rank's share of cores; logged)")
     arg("--ckpt-every", type=int, default=defaults.ckpt_every, help="also checkpoint every N optimizer steps "
         "(default: %(default)s, off)")
     arg("--ckpt-minutes", type=float, default=defaults.ckpt_minutes, help="also checkpoint when this many minutes "
@@ -120,7 +124,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        loss_params=dict(args.loss_param), head=args.head, epochs=args.epochs, seed=args.seed,
                        train_preset=args.train_preset, eval_preset=args.eval_preset,
                        image_size=args.image_size, no_jitter=args.no_jitter, init_from=args.init_from,
-                       decoder=args.decoder, workers=args.workers,
+                       decoder=args.decoder, workers=args.workers, torch_threads=args.torch_threads,
+                       dali_threads=args.dali_threads,
                        ckpt_every=args.ckpt_every, ckpt_minutes=args.ckpt_minutes,
                        keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, progress=args.progress,
                        resume=args.resume, eval_batch_size=args.eval_batch_size, grace_seconds=args.grace_seconds)

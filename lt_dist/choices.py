@@ -7,7 +7,7 @@ Also the defaults that depend on the machine (loader workers), stated in one pla
 """
 from __future__ import annotations
 
-import os
+from lt_dist.cpu_budget import node_cpus, plan_cpus
 
 ARCHS = ("resnet10", "resnet18", "resnet50", "resnet101", "resnet152",
          "resnext50_32x4d", "resnext101_32x4d", "resnext152_32x4d")
@@ -62,11 +62,10 @@ def default_workers(decoder: str, cpu_count: int | None = None, ranks_on_node: i
 
     DALI runs its own decoding threads inside the rank: extra processes only duplicate
     its pipelines, so 0. torchvision decodes in the workers: the node's CPUs shared by
-    its ranks, one left for the rank itself, at most 8.
+    its ranks, one left for the rank itself, at most 8 (cpu_budget.plan_cpus).
     """
     if decoder == "dali":
         return 0, "DALI decodes in its own threads"
-    cpus = cpu_count if cpu_count is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                                     else os.cpu_count() or 1)
-    workers = max(0, min(8, cpus // max(1, ranks_on_node) - 1))
+    cpus = cpu_count if cpu_count is not None else node_cpus()
+    workers = plan_cpus(cpus, ranks_on_node, decoder, on_gpu=False).workers
     return workers, f"torchvision decoding, {cpus} CPUs shared by {ranks_on_node} rank(s) on this node"

@@ -33,6 +33,8 @@ class TrainConfig:
     init_from: str | None = None  # state dict to start the backbone from (best_model.pt or torchvision format)
     decoder: str = "dali"  # "dali" | "torchvision"
     workers: int = 2  # DataLoader workers per rank
+    torch_threads: int | None = None  # intra-op threads per rank; None: cpu_budget.plan_cpus
+    dali_threads: int | None = None  # DALI decode threads per rank; None: cpu_budget.plan_cpus
     ckpt_every: int = 0  # also checkpoint every this many optimizer steps (0: per epoch only)
     ckpt_minutes: float = 30.0  # also checkpoint when this much wall time passed since the last one (0: never)
     keep_checkpoints: int = 2  # newest checkpoints kept (the best model is kept apart)
@@ -64,6 +66,9 @@ def validate(config: TrainConfig) -> None:
         value = getattr(config, name)
         if not (name == "image_size" and value is None):
             check_int(name, value, low, high)
+    for name in ("torch_threads", "dali_threads"):
+        if getattr(config, name) is not None:
+            check_int(name, getattr(config, name), 1, 1024)
     if config.decoder not in ("dali", "torchvision"):
         raise ValueError(f"unknown decoder {config.decoder!r}; choose dali or torchvision")
     if config.head not in (None, "linear", "cosine"):

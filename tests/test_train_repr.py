@@ -73,6 +73,11 @@ def test_deepspeed_two_cpu_processes_train_and_write_everything(shards, tmp_path
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output[-3000:]
     assert "bf16 is switched off" in output
+    # the node's cores split between the 2 ranks, logged once; the tests' OMP_NUM_THREADS=1 wins for torch
+    cores = len(os.sched_getaffinity(0))
+    assert f"cpus: 1 torch thread(s), 0 DALI thread(s), 1 loader worker(s) per rank ({cores} cores shared by " \
+           f"2 rank(s) on this node, {max(1, cores // 2)} each" in output, output[-3000:]
+    assert "torch threads from OMP_NUM_THREADS" in output and output.count("cpus: ") == 1
     tags = sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("gs"))
     assert tags[-1].endswith("epoch0001-end") and (run / "checkpoints" / "latest").read_text() == tags[-1]
     config = json.loads((run / "config.json").read_text())
@@ -166,8 +171,15 @@ def test_starts_under_torchrun_and_as_a_plain_process(shards, tmp_path, launcher
                    *script]
     else:
         command = [sys.executable, *script]
-    result = subprocess.run(command, cwd=REPO, env=environment(), capture_output=True, text=True, timeout=600)
+    env = environment()
+    if launcher == "python":  # no OMP_NUM_THREADS: the planned torch threads, a whole node for one rank
+        del env["OMP_NUM_THREADS"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    if launcher == "python":
+        cores = len(os.sched_getaffinity(0))
+        assert f"cpus: {cores} torch thread(s), 0 DALI thread(s), 0 loader worker(s) per rank ({cores} cores " \
+               f"shared by 1 rank(s) on this node, {cores} each;" in result.stdout, result.stdout[-2000:]
     assert json.loads((run / "config.json").read_text())["world_size"] == (2 if launcher == "torchrun" else 1)
     assert (run / "test_metrics.json").exists()
     state = torch.load(next((run / "checkpoints").glob("gs*/mp_rank_00_model_states.pt")), weights_only=False)

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from lt_dist.config import TrainConfig, dump, resolve_head, to_dict, validate
+from lt_dist.cpu_budget import CpuPlan, node_cpus, plan_cpus
 from lt_dist.data.balance import resolve_strategy
 from lt_dist.data.loader import BalancedLoader, LoaderConfig
 from lt_dist.data.presets import get_preset
@@ -89,20 +90,38 @@ def _preset(name: str, size: int | None, **overrides):
     return get_preset(name, **overrides) if size is None else get_preset(name, size=size, **overrides)
 
 
-def build_loaders(config: TrainConfig, facts: dict, world: World, micro_batch: int):
+def plan_threads(config: TrainConfig, world: World) -> CpuPlan:
+    """This rank's torch and DALI threads: the flags where given, else cpu_budget's plan for the node.
+
+    An OMP_NUM_THREADS in the environment (set by the user, or by torchrun for several ranks)
+    is an explicit choice and wins over the plan for the torch threads.
+    """
+    ranks_on_node = int(os.environ.get("LOCAL_WORLD_SIZE", world.world_size // world.num_nodes))
+    plan = plan_cpus(node_cpus(), ranks_on_node, config.decoder, torch.cuda.is_available(), config.workers)
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    torch_threads, why = plan.torch_threads, plan.why
+    if config.torch_threads:
+        torch_threads, why = config.torch_threads, f"{why}; torch threads from --torch-threads"
+    elif omp.isdigit() and int(omp) >= 1:
+        torch_threads, why = int(omp), f"{why}; torch threads from OMP_NUM_THREADS"
+    return CpuPlan(torch_threads, config.dali_threads or plan.dali_threads, config.workers, why)
+
+
+def build_loaders(config: TrainConfig, facts: dict, world: World, micro_batch: int, dali_threads: int = 2):
     """(train BalancedLoader, val loader, test loader or None)."""
     sampler = SamplerConfig(config.sampler, config.seed, config.epochs, "pad", None, config.sampler_draw)
     jitter_off = {"color_jitter": 0.0} if config.no_jitter else {}
     train = BalancedLoader(LoaderConfig(facts["train_dir"], micro_batch,
                                         _preset(config.train_preset, config.image_size, **jitter_off),
-                                        sampler, config.decoder, config.workers), world, facts["counts"])
+                                        sampler, config.decoder, config.workers, dali_threads), world,
+                           facts["counts"])
 
     def sequential(split_dir: str | None):
         if split_dir is None:
             return None
         size = int(load_manifest(split_dir).samples_per_class.sum())
         loader_config = LoaderConfig(split_dir, config.eval_batch_size, _preset(config.eval_preset, config.image_size),
-                                     SamplerConfig(), config.decoder, config.workers)
+                                     SamplerConfig(), config.decoder, config.workers, dali_threads)
         return BalancedLoader(loader_config, world, sampler=SequentialSampler(size, world, config.eval_batch_size))
 
     return train, sequential(facts["val_dir"]), sequential(facts["test_dir"])
@@ -131,13 +150,18 @@ def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: Wo
     """The body of run_stage1 inside the process group: train, checkpoint, validate, test."""
     say = print if world.is_main else (lambda *a, **k: None)
     micro, gas = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
+    threads = plan_threads(config, world)
+    torch.set_num_threads(threads.torch_threads)  # before any work: the pool is sized once
+    say(f"cpus: {threads.torch_threads} torch thread(s), {threads.dali_threads if config.decoder == 'dali' else 0} "
+        f"DALI thread(s), {threads.workers} loader worker(s) per rank ({threads.why}; --torch-threads, "
+        f"--dali-threads and --workers set them)")
     torch.manual_seed(config.seed)
     counts, num_classes = facts["counts"], len(facts["counts"])
     head, cosine_scale = resolve_head(config)
     model = build_model(config.arch, num_classes, config.small_input, head, cosine_scale)
     if config.init_from and not config.resume:  # a resume takes every weight from its checkpoint
         load_backbone(model.backbone, config.init_from, say)
-    train_loader, val_loader, test_loader = build_loaders(config, facts, world, micro)
+    train_loader, val_loader, test_loader = build_loaders(config, facts, world, micro, threads.dali_threads)
     engine = ds.initialize(model, ds_config, total_steps=config.epochs * (len(train_loader) // gas), log=say)
     loss_fn = build_loss(config.loss, counts, **config.loss_params).to(engine.device)
     ckpt_dir = os.path.join(config.out, "checkpoints")
