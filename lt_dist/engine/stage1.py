@@ -151,7 +151,7 @@ def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: Wo
     say = print if world.is_main else (lambda *a, **k: None)
     micro, gas = ds_config["train_micro_batch_size_per_gpu"], ds_config["gradient_accumulation_steps"]
     threads = plan_threads(config, world)
-    torch.set_num_threads(threads.torch_threads)  # before any work: the pool is sized once
+    torch.set_num_threads(threads.torch_threads)  # before the model is built and the first step runs
     say(f"cpus: {threads.torch_threads} torch thread(s), {threads.dali_threads if config.decoder == 'dali' else 0} "
         f"DALI thread(s), {threads.workers} loader worker(s) per rank ({threads.why}; --torch-threads, "
         f"--dali-threads and --workers set them)")
