@@ -34,17 +34,26 @@ def _image(path: str) -> str:
         return "data:image/png;base64," + base64.b64encode(handle.read()).decode("ascii")
 
 
-def _per_class(results_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _read_per_class(results_dir: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[int, dict], list[str]]:
+    """One read of per_class.csv: (per method, its (train counts, test accuracies) for the figure;
+    per label, {name, group, count, accuracy by method} for the table; the methods in file order)."""
     path = os.path.join(results_dir, "per_class.csv")
-    if not os.path.isfile(path):
-        return {}
     series: dict[str, tuple[list, list]] = {}
+    classes: dict[int, dict] = {}
+    methods: list[str] = []
+    if not os.path.isfile(path):
+        return {}, classes, methods
     with open(path, encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             counts, accuracy = series.setdefault(DISPLAY.get(row["method"], row["method"]), ([], []))
             counts.append(int(row["train_count"]))
             accuracy.append(float(row["test_accuracy"]))
-    return {name: (np.array(c), np.array(a)) for name, (c, a) in series.items()}
+            entry = classes.setdefault(int(row["label"]), {"name": row["class_name"], "group": row["group"],
+                                                           "count": int(row["train_count"]), "accuracy": {}})
+            entry["accuracy"][row["method"]] = row["test_accuracy"]
+            if row["method"] not in methods:
+                methods.append(row["method"])
+    return {name: (np.array(c), np.array(a)) for name, (c, a) in series.items()}, classes, methods
 
 
 def _table_html(rows: list[dict]) -> str:
@@ -68,23 +77,10 @@ def _provenance_html(rows: list[tuple[str, str]]) -> str:
     return f'<h2>How this was made</h2><table class="facts">{body}</table>'
 
 
-def _per_class_html(results_dir: str) -> str:
+def _per_class_html(classes: dict[int, dict], methods: list[str]) -> str:
     """Per-class test accuracy of each method, classes by name, most images first, in a folded table."""
-    path = os.path.join(results_dir, "per_class.csv")
-    if not os.path.isfile(path):
+    if not classes:
         return ""
-    classes: dict[int, dict] = {}
-    methods: list[str] = []
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                entry = classes.setdefault(int(row["label"]), {"name": row["class_name"], "group": row["group"],
-                                                               "count": int(row["train_count"]), "accuracy": {}})
-                entry["accuracy"][row["method"]] = row["test_accuracy"]
-                if row["method"] not in methods:
-                    methods.append(row["method"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UserInputError(f"{path!r} is malformed ({type(error).__name__}: {str(error)[:100]})") from None
     head = "".join(f"<th>{html.escape(DISPLAY.get(m, m))}</th>" for m in methods)
     body = "".join(f"<tr><td>{html.escape(c['name'])}</td><td>{html.escape(c['group'])}</td><td>{c['count']}</td>"
                    + "".join(f"<td>{html.escape(c['accuracy'].get(m, ''))}</td>" for m in methods) + "</tr>"
@@ -100,7 +96,7 @@ def build_report(results_dir: str, out: str | None = None) -> str:
         raise UserInputError(f"{results_dir!r} has no table.csv: run tune/search_stage2.py first")
     path = out or os.path.join(results_dir, "report.html")
     _check_report_path(path, results_dir)
-    rows, info, per_class = _read_results(results_dir)
+    rows, info, (per_class, classes, methods) = _read_results(results_dir)
     if per_class:
         plot_accuracy_vs_size(per_class, os.path.join(results_dir, "accuracy_vs_size.png"))
     index, run_dir = find_sources(info)
@@ -125,7 +121,7 @@ Many-shot: more than 100 training images, few-shot: fewer than 20.</p>
 <h2>Many / Medium / Few / All (test top-1, %)</h2>
 {_table_html(rows)}
 {figures}
-{_per_class_html(results_dir)}
+{_per_class_html(classes, methods)}
 {models_html(results_dir)}
 {_provenance_html(provenance_rows(info, index, run_dir))}
 <p class="note">Generated {time.strftime('%Y-%m-%d %H:%M')} by <code>lt_dist report</code>.</p>
@@ -151,8 +147,8 @@ def _check_report_path(path: str, results_dir: str) -> None:
                                  f"choose another file")
 
 
-def _read_results(results_dir: str) -> tuple[list[dict], dict, dict]:
-    """(table rows, search.json, per-class series) with every malformed file named in one line."""
+def _read_results(results_dir: str) -> tuple[list[dict], dict, tuple]:
+    """(table rows, search.json, _read_per_class's triple) with every malformed file named in one line."""
     name = "table.csv"
     try:
         rows = read_table_csv(os.path.join(results_dir, name))
@@ -170,7 +166,7 @@ def _read_results(results_dir: str) -> tuple[list[dict], dict, dict]:
                                            all(isinstance(c, int) and c >= 0 for c in counts)):
                 raise ValueError(f"train_counts must be a list of counts >= 0, got {str(counts)[:40]}")
         name = "per_class.csv"
-        per_class = _per_class(results_dir)
+        per_class = _read_per_class(results_dir)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise UserInputError(f"{os.path.join(results_dir, name)!r} is malformed "
                              f"({type(error).__name__}: {str(error)[:100]})") from None
