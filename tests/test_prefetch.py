@@ -3,7 +3,9 @@ import threading
 
 import pytest
 
-from lt_dist.storage.prefetch import Prefetcher
+import numpy as np
+
+from lt_dist.storage.prefetch import Prefetcher, window_bytes
 
 
 class Pins:
@@ -50,3 +52,36 @@ def test_a_fetch_error_reaches_the_consumer_and_pins_are_released():
     with pytest.raises(FileNotFoundError, match="404"):
         next(stream)
     assert pins.held == set()
+
+
+def brute_force_window_bytes(batches, sizes, window):
+    """The formula as stated: the largest union of window + 1 consecutive batches' keys."""
+    return max(sum(sizes[key] for key in set().union(*map(set, batches[start:start + window + 1])))
+               for start in range(len(batches)))
+
+
+@pytest.mark.parametrize("window", [1, 2, 5, 40])
+def test_window_bytes_is_the_largest_union_of_window_plus_one_batches(window):
+    rng = np.random.default_rng(window)
+    sizes = rng.integers(1, 1000, size=12).tolist()
+    batches = [rng.integers(0, 12, size=rng.integers(1, 4)).tolist() for _ in range(30)]
+    assert window_bytes(batches, sizes, window) == brute_force_window_bytes(batches, sizes, window)
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        window_bytes(batches, sizes, 0)
+
+
+def test_window_bytes_is_what_the_prefetcher_pins_at_most():
+    """Measured on the real Prefetcher: with every fetch finished before each batch is
+    read, the bytes pinned reach the bound exactly, and never pass it."""
+    rng = np.random.default_rng(7)
+    sizes = rng.integers(1, 1000, size=9).tolist()
+    batches = [rng.integers(0, 9, size=2).tolist() for _ in range(25)]
+    pins = Pins()
+    prefetcher = Prefetcher(pins.fetch_and_pin, pins.unpin, threads=3)
+    most = 0
+    for _ in prefetcher.ahead(batches, lambda b: b, window=3):
+        for future in list(prefetcher._futures.values()):  # let the look-ahead catch up
+            future.result()
+        with pins.lock:
+            most = max(most, sum(sizes[key] for key in pins.held))
+    assert most == window_bytes(batches, sizes, 3)

@@ -19,6 +19,7 @@ over the new ranks (data/elastic.py) and later epochs are drawn for the new worl
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -30,6 +31,9 @@ from lt_dist.data.reader import ShardReader
 from lt_dist.data.sampler import BalancedSampler, SamplerConfig, SequentialSampler
 from lt_dist.data.tvbatch import decode_batch, resolve_device
 from lt_dist.dist import World
+from lt_dist.errors import UserInputError
+from lt_dist.shards.manifest import INDEX_FILES
+from lt_dist.storage.settings import StorageSettings
 
 DECODERS = ("dali", "torchvision", "bytes", "none")
 
@@ -70,7 +74,8 @@ class RowStream(torch.utils.data.IterableDataset):
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         reader = ShardReader(self.config.split_dir, self.config.max_open_files)
         rows_per_batch = self.sampler.worker_batches(self.epoch, worker, num_workers, self.start_batch)
-        rows_per_batch = reader.prefetched(rows_per_batch)  # a remote split: exact look-ahead downloads
+        if self.config.decoder != "none":  # "none" reads manifest rows only: no shard is fetched
+            rows_per_batch = reader.prefetched(rows_per_batch)  # a remote split: exact look-ahead downloads
         first = self.start_batch + worker  # this worker's first batch (see worker_batches)
         try:
             for step, rows in enumerate(rows_per_batch):
@@ -133,6 +138,7 @@ class BalancedLoader:
     def __iter__(self):
         """Yield the rest of the current epoch: (images, labels); with decoder "bytes"
         (list of encoded bytes, labels), with "none" (manifest rows, labels)."""
+        self._check_cache_holds_window()
         stream = RowStream(self.config, self._epoch_sampler(), self.epoch, self.batches_done,
                            decode_in_workers=self.decode_device is None)
         workers = self.config.num_workers
@@ -143,6 +149,29 @@ class BalancedLoader:
             self.batches_done += 1
             yield images, labels
         self.epoch, self.batches_done = self.epoch + 1, 0
+
+    def _check_cache_holds_window(self) -> None:
+        """Refuse, before any download, a --cache-limit that cannot hold the shards this
+        node's look-ahead windows pin at once (else the epoch would stop half-way)."""
+        settings = StorageSettings.from_env()
+        if settings.cache_limit is None or self.config.decoder == "none":
+            return
+        reader = ShardReader(self.config.split_dir, 1)
+        if not reader.is_remote:
+            return
+        sampler, workers = self._epoch_sampler(), max(self.config.num_workers, 1)
+        per_rank = sum(reader.look_ahead_bytes(sampler.worker_batches(self.epoch, worker, workers, self.batches_done),
+                                               settings.prefetch_batches) for worker in range(workers))
+        ranks = -(-self.world.world_size // self.world.num_nodes)  # the most ranks one node runs
+        index_bytes = sum(os.path.getsize(os.path.join(reader.split_dir, name)) for name in INDEX_FILES
+                          if os.path.isfile(os.path.join(reader.split_dir, name)))  # kept, never evicted
+        needed = per_rank * ranks + index_bytes
+        if needed > settings.cache_limit:
+            raise UserInputError(
+                f"--cache-limit {settings.cache_limit} bytes is smaller than one look-ahead window: "
+                f"{ranks} rank(s) x {workers} loader worker(s) on this node, each {settings.prefetch_batches} "
+                f"batches ahead, pin up to {needed} bytes of shards and index files; use --cache-limit "
+                f"{needed} or more, or a smaller --prefetch")
 
     def _decoded(self, batches):
         if self.config.decoder == "torchvision" and self.decode_device is None:

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from lt_dist.shards.manifest import DATASET_JSON, MANIFEST, SHARD_TABLE, read_index_table, read_info, resolve_split
 from lt_dist.storage.mirror import MirrorShards, source_url
+from lt_dist.storage.prefetch import window_bytes
 
 
 class ShardReader:
@@ -91,6 +92,18 @@ class ShardReader:
             raise OSError(f"{self.shard_paths[shard_id]}: short read at offset {offset} "
                           f"({len(data)} of {size} bytes); run `lt_dist verify`")
         return data
+
+    @property
+    def is_remote(self) -> bool:
+        """True when the split mirrors a URL: shards come through the node cache."""
+        return self._remote is not None
+
+    def look_ahead_bytes(self, batches: list[np.ndarray], window: int) -> int:
+        """Most shard bytes prefetched(batches) with `window` batches of look-ahead pins
+        at once (0 for a local split); batches: row arrays, in reading order."""
+        if self._remote is None:
+            return 0
+        return window_bytes([np.unique(self.shard_ids[rows]) for rows in batches], self._remote.sizes, window)
 
     def prefetched(self, batches):
         """`batches` (iterable of row arrays) unchanged; for a remote split, the shards

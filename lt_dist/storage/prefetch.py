@@ -8,7 +8,7 @@ set when the last batch of the window that needs it has been read.
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -84,3 +84,26 @@ class Prefetcher:
         self.wait(keys)
         yield batch  # the caller reads the batch's data before asking for the next
         self.release(keys)
+
+
+def window_bytes(keys_per_batch: Sequence[Sequence[int]], key_bytes: Sequence[int], window: int) -> int:
+    """Most bytes `Prefetcher.ahead(..., window)` keeps pinned at once.
+
+    While batch b is read, its keys and those of batches b+1 .. b+window are pinned:
+    the answer is the largest total size of the distinct keys of window + 1
+    consecutive batches. keys_per_batch: per batch, its keys (indexes into key_bytes).
+    """
+    if window < 1:
+        raise ValueError(f"prefetch window must be >= 1 batch, got {window}")
+    refs: Counter = Counter()
+    held = largest = 0
+    for end, keys in enumerate(keys_per_batch):
+        for key in set(keys):  # the batch entering the window
+            refs[key] += 1
+            held += key_bytes[key] if refs[key] == 1 else 0
+        largest = max(largest, held)
+        if end >= window:  # the batch leaving it
+            for key in set(keys_per_batch[end - window]):
+                refs[key] -= 1
+                held -= key_bytes[key] if refs[key] == 0 else 0
+    return largest
