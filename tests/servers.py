@@ -76,6 +76,7 @@ class Nginx:
 
     def _write_conf(self) -> None:
         temp = {name: self.workdir / f"{name}_temp" for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
+        (self.workdir / "htpasswd").write_text("tester:{PLAIN}not-the-password\n")
         self.conf.write_text(f"""
 daemon on;
 worker_processes 1;
@@ -89,6 +90,9 @@ http {{
         listen 127.0.0.1:{self.port};
         root {self.root};
         location / {{ }}
+        # the access-denied tests: a folder nobody may read (403), shards behind a password (401)
+        location /denied/ {{ deny all; }}
+        location ~ ^/private/.*\\.tar$ {{ auth_basic "lt-dist tests"; auth_basic_user_file {self.workdir / 'htpasswd'}; }}
     }}
 }}
 """)

@@ -52,9 +52,30 @@ def test_budget_spent_raises_naming_the_url():
 
 
 @pytest.mark.parametrize("error, kind, text", [(FileNotFoundError(), FileNotFoundError, "not found \\(404\\)"),
-                                                (HttpStatusError(403), PermissionError, "access denied \\(403\\)")])
+                                                (HttpStatusError(403), PermissionError, "access denied \\(HTTP 403\\)"),
+                                                (HttpStatusError(401), PermissionError, "access denied \\(HTTP 401\\)"),
+                                                (PermissionError(), PermissionError, "access denied while")])
 def test_404_and_403_stop_at_once(error, kind, text):
     operation, calls = flaky([error])
     with pytest.raises(kind, match=f"gs://b/k: {text}"):
         with_retries(operation, "gs://b/k", tries=5, sleep=lambda s: pytest.fail("slept"))
     assert len(calls) == 1
+
+
+def wrapped(cause: Exception) -> FileNotFoundError:
+    """What fsspec's HTTP info raises for any failure: FileNotFoundError from the real one."""
+    try:
+        raise FileNotFoundError("http://h/x") from cause
+    except FileNotFoundError as error:
+        return error
+
+
+def test_a_not_found_that_wraps_a_403_or_a_refused_connection_is_classified_by_its_cause():
+    operation, calls = flaky([wrapped(HttpStatusError(403))])
+    with pytest.raises(PermissionError, match=r"access denied \(HTTP 403\)"):
+        with_retries(operation, "http://h/x", tries=5, sleep=lambda s: pytest.fail("slept"))
+    operation, calls = flaky([wrapped(ConnectionRefusedError()), wrapped(HttpStatusError(502))])
+    assert with_retries(operation, "http://h/x", tries=5, sleep=lambda s: None) == "done" and len(calls) == 3
+    operation, calls = flaky([wrapped(HttpStatusError(404))])
+    with pytest.raises(FileNotFoundError, match=r"not found \(404\)"):
+        with_retries(operation, "http://h/x", tries=5, sleep=lambda s: pytest.fail("slept"))

@@ -1,8 +1,8 @@
 """Retry a remote operation: transient errors back off and try again, others stop.
 
 Transient: connection reset/refused, timeouts, HTTP 5xx/408/429, S3 SlowDown.
-Permanent: missing object (404: FileNotFoundError), no access (403: PermissionError),
-other 4xx. The first transient error of an operation is logged once (without
+Permanent: missing object (404: FileNotFoundError), no access (401 / 403:
+PermissionError), other 4xx. The first transient error of an operation is logged once (without
 credentials: only the URL and the error's type and message).
 """
 from __future__ import annotations
@@ -47,6 +47,16 @@ def is_transient(error: BaseException) -> bool:
         type(error).__module__.split(".")[0] in ("aiohttp", "botocore", "urllib3", "asyncio")
 
 
+def underlying(error: BaseException) -> BaseException:
+    """The error to classify: fsspec's HTTP `info` turns every failure (a 403, a
+    refused connection) into FileNotFoundError raised from the real one."""
+    cause = error.__cause__
+    if isinstance(error, FileNotFoundError) and isinstance(cause, Exception) and \
+            not isinstance(cause, FileNotFoundError):
+        return cause
+    return error
+
+
 def backoff_delays(tries: int, base: float = BASE_DELAY_S, cap: float = MAX_DELAY_S) -> list[float]:
     """Seconds to wait before try 2..tries: base, 2 base, 4 base, ... capped."""
     return [min(cap, base * 2**k) for k in range(max(tries - 1, 0))]
@@ -56,17 +66,20 @@ def with_retries(operation: Callable[[], T], url: str, tries: int, what: str = "
                  sleep: Callable[[float], None] = time.sleep) -> T:
     """operation() until it succeeds, a permanent error, or `tries` transient errors.
 
-    Raises RemoteError naming `url` (FileNotFoundError / PermissionError for 404 / 403)."""
+    Raises RemoteError naming `url` (FileNotFoundError / PermissionError for 404 / 401, 403)."""
     logged = False
     delays = backoff_delays(tries)
     for attempt in range(tries):
         try:
             return operation()
-        except Exception as error:  # classified below; nothing is swallowed silently
-            if isinstance(error, FileNotFoundError):
+        except Exception as raised:  # classified below; nothing is swallowed silently
+            error = underlying(raised)
+            if isinstance(error, FileNotFoundError) or status_of(error) == 404:
                 raise FileNotFoundError(f"{url}: not found (404) while trying to {what}") from None
-            if isinstance(error, PermissionError) or status_of(error) == 403:
-                raise PermissionError(f"{url}: access denied (403) while trying to {what}; "
+            status = status_of(error)
+            if isinstance(error, PermissionError) or status in (401, 403):
+                code = f" (HTTP {status})" if status in (401, 403) else ""  # s3fs: PermissionError, no status
+                raise PermissionError(f"{url}: access denied{code} while trying to {what}; "
                                       f"check the credentials") from None
             if not is_transient(error) or attempt == len(delays):
                 raise RemoteError(f"{url}: {what} failed after {attempt + 1} tries: "
