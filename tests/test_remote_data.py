@@ -6,6 +6,7 @@ pack to s3:// trained from for one epoch."""
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from lt_dist.cli import main
 from lt_dist.data.loader import BalancedLoader, LoaderConfig
 from lt_dist.data.sampler import SamplerConfig
 from lt_dist.dist import World
+from lt_dist.errors import UserInputError
 from lt_dist.shards.manifest import resolve_split
 from servers import MotoS3, Nginx, nginx_binary, served_folder
 
@@ -116,6 +118,34 @@ def test_missing_remote_shard_gives_the_url(packed, www, capsys):
         in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match=r"gone/ds/train/cls00002-00001\.tar: not found \(404\)"):
         epoch(resolve_split(url, "train"), workers=0)
+
+
+@needs_nginx
+def test_access_denied_stops_at_once_naming_the_url(packed, www, capsys):
+    """403 on the whole dataset: one line and exit 2; 401 on a shard: no retry, the shard's URL."""
+    denied = serve(packed, www, "denied")
+    assert main(["verify", denied]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{denied}/manifest.parquet: access denied (HTTP 403)" in err[0], err
+    private = serve(packed, www, "private")  # index files readable, every .tar asks for a password
+    with pytest.raises(PermissionError, match=r"private/ds/train/cls\d+-\d+\.tar: access denied \(HTTP 401\)"):
+        epoch(resolve_split(private, "train"), workers=0)
+    assert set(shard_gets(www, "/private/").values()) == {1}  # stopped at once: no retry of a 401
+
+
+@needs_nginx
+def test_a_cache_smaller_than_the_look_ahead_window_is_refused_up_front_naming_the_size_that_works(
+        packed, www, monkeypatch):
+    url = serve(packed, www, "small")
+    split = resolve_split(url, "train")
+    monkeypatch.setenv("LT_DIST_PREFETCH", "2")
+    monkeypatch.setenv("LT_DIST_CACHE_LIMIT", "3000")
+    with pytest.raises(UserInputError, match="is smaller than one look-ahead window") as refused:
+        epoch(split)
+    assert shard_gets(www, "/small/") == {}  # refused before any download
+    needed = int(re.search(r"use --cache-limit (\d+) or more", str(refused.value)).group(1))
+    monkeypatch.setenv("LT_DIST_CACHE_LIMIT", str(needed))  # the size it names is enough
+    assert flat(epoch(split)) == flat(epoch(str(packed / "ds" / "train")))
 
 
 @needs_nginx
