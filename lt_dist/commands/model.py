@@ -5,6 +5,8 @@ import argparse
 
 from lt_dist.errors import UserInputError
 from lt_dist.optional import default_decoder, require
+from lt_dist.storage.settings import add_storage_flags, export_storage_flags
+from lt_dist.storage.urls import is_url
 
 
 def add_parsers(subparsers) -> None:
@@ -29,7 +31,8 @@ def add_parsers(subparsers) -> None:
         description="Run an exported model (eval transform of its config) over every image of a packed split; "
         "print Many/Medium/Few/All top-1 (groups from the training counts) and write per-class accuracy.")
     evaluate.add_argument("model", help="folder written by `lt_dist export`")
-    evaluate.add_argument("--data", required=True, help="packed dataset shards/NAME")
+    evaluate.add_argument("--data", required=True, help="packed dataset shards/NAME, or its URL (s3://, gs://, "
+                          "http(s)://): shards are fetched into the node cache as they are read")
     evaluate.add_argument("--split", default="test", help="split to evaluate")
     evaluate.add_argument("--out", help="per-class CSV (default: MODEL/per_class_SPLIT.csv; metrics JSON beside it)")
     evaluate.add_argument("--decoder", choices=("dali", "torchvision"), default=default_decoder(),
@@ -37,6 +40,7 @@ def add_parsers(subparsers) -> None:
                           "default: dali where it is installed, else torchvision)")
     evaluate.add_argument("--batch-size", type=int, default=256, help="images per batch")
     evaluate.add_argument("--workers", type=int, default=2, help="loader processes")
+    add_storage_flags(evaluate)
     evaluate.set_defaults(run=run_evaluate)
 
     predict = subparsers.add_parser(
@@ -100,6 +104,7 @@ def run_evaluate(args) -> int:
         raise UserInputError(f"need --batch-size >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
     if args.decoder == "dali":
         require("nvidia.dali", "--decoder dali")
+    export_storage_flags(args)
     if args.out:
         _check_writable(args.out, "--out")
     model = _load(args.model)
@@ -108,7 +113,8 @@ def run_evaluate(args) -> int:
     out = args.out or os.path.join(default_dir, f"per_class_{args.split}.csv")
     write_per_class(out, per_class, model.config)
     with open(os.path.splitext(out)[0] + ".json", "w", encoding="utf-8") as handle:
-        json.dump({"split": args.split, "data": os.path.abspath(args.data), **scores}, handle, indent=1)
+        data = args.data if is_url(args.data) else os.path.abspath(args.data)  # a URL stays as it was given
+        json.dump({"split": args.split, "data": data, **scores}, handle, indent=1)
     print(format_scores(model.config["method"], args.split, scores))
     print(f"wrote {out}")
     return 0

@@ -27,10 +27,12 @@ def add_parsers(subparsers) -> None:
     stats = subparsers.add_parser("stats", help="class counts, imbalance and many/medium/few split",
                                   description="Class statistics of a packed dataset, a split list "
                                   "('path label' lines) or a JSON list of per-class counts.")
-    stats.add_argument("path", nargs="?", help="shards/NAME, shards/NAME/SPLIT, SPLIT.txt, or a dataset URL")
+    stats.add_argument("path", nargs="?", help="shards/NAME, shards/NAME/SPLIT, SPLIT.txt, or a URL "
+                       "(s3://, gs://, http(s)://) of a dataset or split: only its index files are read")
     stats.add_argument("--counts", metavar="FILE.json", help="JSON list of per-class counts")
     stats.add_argument("--plot", metavar="FILE.png", help="draw the sorted class-count curve (log scale)")
     stats.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    add_storage_flags(stats)  # a URL: only its index files are fetched
     stats.set_defaults(run=run_stats)
     verify = subparsers.add_parser("verify", help="check shards against the manifest",
                                    description="Check every shard's size, sha256 and members against "
@@ -168,6 +170,7 @@ def run_pack(args) -> int:
 def run_stats(args) -> int:
     from lt_dist.shards.stats import format_stats, load_counts, stats_by_split
 
+    export_storage_flags(args)
     counts_by_name = load_counts(args.path, args.counts)
     numbers = stats_by_split(counts_by_name)
     if args.json:

@@ -10,6 +10,7 @@ from lt_dist.errors import UserInputError
 from lt_dist.metrics import FEW_BELOW, GROUPS, MANY_ABOVE, shot_groups
 from lt_dist.shards.manifest import find_splits, load_manifest
 from lt_dist.shards.sources import read_split_list
+from lt_dist.storage.urls import is_url
 
 
 def count_stats(samples_per_class: np.ndarray, train_counts: np.ndarray | None = None) -> dict:
@@ -58,10 +59,17 @@ def load_counts(path: str | None = None, counts_file: str | None = None) -> dict
         return {os.path.basename(counts_file): np.asarray(values, dtype=np.int64)}
     if path is None:
         raise UserInputError("give a packed dataset, a split list, or --counts FILE.json")
-    if os.path.isfile(path):
+    if not is_url(path) and os.path.isfile(path):
         labels = np.array([label for _, label, _ in read_split_list(path)])
         return {os.path.basename(path): np.bincount(labels)}
-    return {os.path.basename(split): load_manifest(split).samples_per_class for split in find_splits(path)}
+    # A URL's splits are found by trying train/val/test (it cannot be listed everywhere);
+    # load_manifest reads each from its mirror in the node cache: index files only, never a shard.
+    return {_split_name(split): load_manifest(split).samples_per_class for split in find_splits(path)}
+
+
+def _split_name(split: str) -> str:
+    """The last part of a split folder or URL: shards/NAME/train, s3://b/NAME/train/ -> train."""
+    return split.rstrip("/").rpartition("/")[2] if is_url(split) else os.path.basename(os.path.normpath(split))
 
 
 def stats_by_split(counts_by_name: dict[str, np.ndarray]) -> dict[str, dict]:
