@@ -1,6 +1,7 @@
 """Real servers on 127.0.0.1 for the remote-storage tests: Debian's nginx (HTTP with
-Range requests) and moto's standalone S3 server. Each is started by a test, logs
-every request to a file the test reads, and is stopped by the PID it started."""
+Range requests), moto's standalone S3 server and gcp-storage-emulator (GCS JSON API).
+Each is started by a test, logs every request to a file the test reads, and is
+stopped by the PID it started."""
 from __future__ import annotations
 
 import os
@@ -183,3 +184,53 @@ def _alive(pid: int) -> bool:
         return False
     # a zombie child of ours would still answer: nginx daemonizes, so it is not ours
     return True
+
+
+class GcsEmulator:
+    """gcp-storage-emulator (a GCS JSON-API server) on 127.0.0.1:port, in memory; its
+    request log (http.server's, on stderr) goes to workdir/gcs.log. Clients find it by
+    STORAGE_EMULATOR_HOST (env()), which gcsfs reads itself."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = self.workdir / "gcs.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "GcsEmulator":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        binary = Path(sys.executable).with_name("gcp-storage-emulator")
+        command = [str(binary)] if binary.exists() else [sys.executable, "-m", "gcp_storage_emulator"]
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen([*command, "start", "-H", "127.0.0.1", "--port", str(self.port),
+                                             "--no-store-on-disk"], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        wait_for_port(self.port, alive=lambda: self.process.poll() is None)
+        return self
+
+    def env(self) -> dict[str, str]:
+        """Environment for gcsfs (and google-cloud-storage) to use this server."""
+        return {"STORAGE_EMULATOR_HOST": self.url}
+
+    def create_bucket(self, name: str) -> None:
+        """POST /storage/v1/b, as `gsutil mb` would (the emulator checks no credentials)."""
+        import json
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.url}/storage/v1/b?project=test", method="POST",
+                                         data=json.dumps({"name": name}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=START_TIMEOUT_S) as response:
+            response.read()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=START_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def requests(self) -> list[tuple[str, str, int]]:
+        return requests_in(self.log)

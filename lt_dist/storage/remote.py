@@ -2,11 +2,13 @@
 
 fsspec picks the protocol's filesystem (s3fs for s3://, gcsfs for gs://, its own
 aiohttp client for http(s)://); credentials come the way each ecosystem expects
-(AWS variables and profiles, AWS_ENDPOINT_URL, GCS application default credentials).
+(AWS variables and profiles, AWS_ENDPOINT_URL, GCS application default credentials;
+STORAGE_EMULATOR_HOST: a GCS emulator, anonymous unless the options give a token).
 StorageSettings.options go to fsspec as they are and are never logged.
 """
 from __future__ import annotations
 
+import logging
 import os
 
 from lt_dist.storage.retry import with_retries
@@ -32,9 +34,13 @@ class RemoteStore:
             except ImportError:
                 raise ImportError(f"reading {url} needs fsspec (and s3fs / gcsfs / aiohttp): "
                                   f"pip install 'lt-dist[remote]'") from None
-            name = "gcs" if protocol == "gs" else protocol
+            cls, options = fsspec.get_filesystem_class("gcs" if protocol == "gs" else protocol), self.settings.options
+            if protocol == "gs":
+                logging.getLogger("gcsfs").addFilter(_drop_gcsfs_tracebacks)
+                if os.environ.get("STORAGE_EMULATOR_HOST"):
+                    cls, options = _gcs_emulator_client(options)
             # skip_instance_cache: a new endpoint in the environment gets a new client
-            self._filesystems[protocol] = fsspec.filesystem(name, skip_instance_cache=True, **self.settings.options)
+            self._filesystems[protocol] = cls(skip_instance_cache=True, **options)
         return self._filesystems[protocol]
 
     def download(self, url: str, local_path: str) -> int:
@@ -78,3 +84,19 @@ class RemoteStore:
         except FileNotFoundError:
             pass
         fs.invalidate_cache()
+
+
+def _gcs_emulator_client(options: dict) -> tuple[type, dict]:
+    """gcsfs's JSON-API filesystem for a GCS emulator (STORAGE_EMULATOR_HOST, which gcsfs
+    reads itself), anonymous unless the options name a token. gcsfs's default class asks
+    the gRPC storage-control API for each bucket's layout, which an emulator does not
+    serve: every operation would wait out a 60 s timeout, then fall back to JSON anyway."""
+    from gcsfs.core import GCSFileSystem
+
+    return GCSFileSystem, {"token": "anon", **options}
+
+
+def _drop_gcsfs_tracebacks(record: logging.LogRecord) -> bool:
+    """gcsfs logs each request it gives up on (a 401, say) with a traceback, before it
+    raises; with_retries then raises the same error in one line naming the URL."""
+    return not (record.funcName == "retry_request" and record.levelno >= logging.ERROR)

@@ -77,6 +77,8 @@ def with_retries(operation: Callable[[], T], url: str, tries: int, what: str = "
             if isinstance(error, FileNotFoundError) or status_of(error) == 404:
                 raise FileNotFoundError(f"{url}: not found (404) while trying to {what}") from None
             status = status_of(error)
+            if type(error) is OSError and str(error).startswith("Forbidden: "):
+                status = 403  # gcsfs raises its 403 as a bare OSError("Forbidden: <path>\n<message>")
             if isinstance(error, PermissionError) or status in (401, 403):
                 code = f" (HTTP {status})" if status in (401, 403) else ""  # s3fs: PermissionError, no status
                 raise PermissionError(f"{url}: access denied{code} while trying to {what}; "
