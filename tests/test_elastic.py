@@ -1,4 +1,6 @@
 """Re-splitting an interrupted epoch over another world size: every sample once, every quota met."""
+import json
+
 import numpy as np
 import pytest
 
@@ -89,8 +91,8 @@ def test_the_loader_resumes_an_epoch_on_another_world_and_then_draws_for_it(tmp_
     assert len(new) == 5 and new.state_dict()["shares"] == []  # the next epoch is the new world's own
 
 
-def test_a_zero_checkpoint_of_another_world_size_is_refused_naming_the_sizes_that_work(tmp_path):
-    from lt_dist.engine.checkpoint import check_resume_world
+def test_a_zero_checkpoint_without_the_full_state_is_refused_on_another_world_size(tmp_path):
+    from lt_dist.engine.checkpoint import FULL_ZERO_STATE, check_resume_world
     from lt_dist.errors import UserInputError
 
     tag = tmp_path / "checkpoints" / "gs000000004-epoch0000-mid"
@@ -101,26 +103,31 @@ def test_a_zero_checkpoint_of_another_world_size_is_refused_naming_the_sizes_tha
     for rank in range(2):
         (tag / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
     check_resume_world(str(tmp_path), 2)
-    with pytest.raises(UserInputError, match="split over 2 ranks, this run has 1: resume on 2 ranks"):
+    with pytest.raises(UserInputError, match="split over 2 ranks and no lt_full_zero_state.pt .* this run has 1: "
+                                             "resume on 2 ranks"):
         check_resume_world(str(tmp_path), 1)
+    (tag / FULL_ZERO_STATE).write_bytes(b"")
+    check_resume_world(str(tmp_path), 1)  # the whole state re-partitions over any world (engine.ds)
+    check_resume_world(str(tmp_path), 3)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # several launches; generous for a loaded machine
-@pytest.mark.parametrize("old_world, new_world", [(2, 1), (1, 2)])
-def test_stage1_preempted_resumes_on_another_world_size_and_continues_the_schedule(tmp_path, old_world, new_world):
-    """2 -> 1 and 1 -> 2 ranks with ZeRO stage 0: the global batch is kept, the steps and the lr continue."""
+@pytest.mark.parametrize("old_world, old_per_node, new_world", [(2, 2, 1), (1, 1, 2), (4, 2, 2)])
+def test_stage1_preempted_resumes_on_another_world_size_and_continues_the_schedule(tmp_path, old_world,
+                                                                                   old_per_node, new_world):
+    """2 -> 1, 1 -> 2, and 4 ranks on two nodes -> 2 on one, with ZeRO stage 1 (the default): the global
+    batch is kept, the steps and the lr continue."""
     import json
     import math
     import signal
     import time
 
-    from launchers import DS_CONFIG, build_tiny_dataset, finish, free_port, start_ranks, train_args
+    from launchers import build_tiny_dataset, finish, free_port, start_ranks, train_args
 
     root = build_tiny_dataset(tmp_path)
-    (root / "ds.json").write_text(json.dumps({**DS_CONFIG, "zero_optimization": {"stage": 0}}))
     run = tmp_path / "run"
-    ranks = start_ranks(train_args(root, run, "--epochs", 2), old_world, free_port())
+    ranks = start_ranks(train_args(root, run, "--epochs", 2), old_world, free_port(), old_per_node)
     log = run / "log.jsonl"
     deadline = time.time() + 900
     while not (log.exists() and log.read_text().count('"kind": "train"') >= 2):
@@ -130,6 +137,7 @@ def test_stage1_preempted_resumes_on_another_world_size_and_continues_the_schedu
     finish(ranks)
     stopped = json.loads((run / "config.json").read_text())
     assert stopped["deepspeed"]["train_micro_batch_size_per_gpu"] == 16 // old_world
+    assert stopped["num_nodes"] == old_world // old_per_node
 
     output = finish(start_ranks(train_args(root, run, "--epochs", 2, "--resume"), new_world, free_port()))[0]
     assert "resumed from" in output

@@ -26,6 +26,7 @@ from lt_dist.files import file_sha256
 
 BEST_MODEL = "best_model.pt"
 MANIFEST = "lt_manifest.json"
+FULL_ZERO_STATE = "lt_full_zero_state.pt"  # ZeRO 1/2: whole fp32 masters + optimizer state, any world
 BEST_MODEL_KEYS = ("state_dict", "arch", "num_classes", "small_input", "train_counts", "class_names")
 
 
@@ -178,12 +179,14 @@ def check_resume_compatible(run_dir: str, arch: str, num_classes: int, small_inp
 
 
 def check_resume_world(run_dir: str, world_size: int) -> None:
-    """Refuse a resume whose newest ZeRO checkpoint was partitioned over another number of ranks.
+    """Refuse a resume on another world size that the newest checkpoint cannot serve.
 
-    Without ZeRO (stage 0) every rank's optimizer state is whole and the loader re-splits
-    the interrupted epoch, so any world size resumes. With ZeRO the optimizer state is split
-    per rank, and DeepSpeed's legacy loader refuses another split; its universal checkpoint
-    (ds_to_universal) converts only Adam's state (exp_avg, exp_avg_sq), not SGD's momentum.
+    Without ZeRO (stage 0) every rank's optimizer state is whole. With ZeRO 1/2 it is split
+    per rank and DeepSpeed's loader refuses another split; lt-dist's checkpoints also hold
+    FULL_ZERO_STATE (every parameter's fp32 master and optimizer state, gathered with
+    DeepSpeed's safe_get_full_* API), which engine.ds re-partitions over any world.
+    Only a checkpoint without that file (written by an older lt-dist) is tied to its size.
+    The loader re-splits the interrupted epoch in every case (data.elastic).
     """
     folder = os.path.join(run_dir, "checkpoints")
     latest = os.path.join(folder, "latest")
@@ -192,7 +195,8 @@ def check_resume_world(run_dir: str, world_size: int) -> None:
     with open(latest, encoding="utf-8") as handle:
         tag = handle.read().strip()
     saved = len(glob.glob(os.path.join(folder, tag, "*zero_pp_rank_*_optim_states.pt")))
-    if saved and saved != world_size:
-        raise UserInputError(f"--resume: checkpoint {tag} holds ZeRO optimizer state split over {saved} ranks, "
-                             f"this run has {world_size}: resume on {saved} ranks (train_batch_size is kept, the "
-                             f"micro-batch follows), or use zero_optimization stage 0 to resume on any world size")
+    if not saved or saved == world_size or os.path.isfile(os.path.join(folder, tag, FULL_ZERO_STATE)):
+        return
+    raise UserInputError(f"--resume: checkpoint {tag} holds ZeRO optimizer state split over {saved} ranks and "
+                         f"no {FULL_ZERO_STATE} (an older lt-dist wrote it), this run has {world_size}: resume on "
+                         f"{saved} ranks (train_batch_size is kept, the micro-batch follows)")

@@ -181,13 +181,14 @@ def save_checkpoint(engine, folder: str, tag: str, client_state: dict) -> None:
 
     import torch.distributed as dist
 
-    from lt_dist.engine.checkpoint import write_tag_manifest
+    from lt_dist.engine.checkpoint import FULL_ZERO_STATE, write_tag_manifest
 
     tag_dir = os.path.join(folder, tag)
     if dist.get_rank() == 0 and os.path.isdir(tag_dir):  # a torn save of this tag before a crash
         shutil.rmtree(tag_dir)
     dist.barrier()
     engine.save_checkpoint(folder, tag=tag, client_state=client_state, save_latest=False)
+    save_full_zero_state(engine, os.path.join(tag_dir, FULL_ZERO_STATE))
     # The page cache is per node: one process per node flushes what that node wrote.
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         sync_folder(tag_dir)
@@ -229,10 +230,105 @@ def _fsync_path(path: str) -> None:
         os.close(descriptor)
 
 
-def load_checkpoint(engine, folder: str, tag: str | None = None) -> dict | None:
-    """Collective: load folder/tag (tag None: the `latest`); returns the client state or None."""
-    path, client_state = engine.load_checkpoint(folder, tag=tag)
-    return client_state if path is not None else None
+def load_checkpoint(engine, folder: str, tag: str | None = None, regather: bool | None = None) -> dict | None:
+    """Collective: load folder/tag (tag None: the one `latest` names); the client state or None.
+
+    ZeRO 1/2 state saved on another number of ranks (or regather=True) comes from the
+    tag's FULL_ZERO_STATE: DeepSpeed loads the module, lr scheduler and client state, and
+    restore_full_zero_state re-partitions masters and optimizer state over this world.
+    """
+    import glob
+
+    import torch.distributed as dist
+
+    from lt_dist.engine.checkpoint import FULL_ZERO_STATE
+
+    if tag is None:
+        if not os.path.isfile(os.path.join(folder, "latest")):
+            return None
+        with open(os.path.join(folder, "latest"), encoding="utf-8") as handle:
+            tag = handle.read().strip()
+    saved_ranks = len(glob.glob(os.path.join(folder, tag, "*zero_pp_rank_*_optim_states.pt")))
+    if regather is None:
+        regather = engine.zero_optimization_stage() in (1, 2) and saved_ranks not in (0, dist.get_world_size())
+    if not regather:
+        path, client_state = engine.load_checkpoint(folder, tag=tag)
+        return client_state if path is not None else None
+    path, client_state = engine.load_checkpoint(folder, tag=tag, load_optimizer_states=False)
+    if path is None:
+        return None
+    restore_full_zero_state(engine, os.path.join(folder, tag, FULL_ZERO_STATE))
+    return client_state
+
+
+def _optimizer_state_keys(engine) -> list[str]:
+    """Names of the base optimizer's per-element state (SGD: momentum_buffer; Adam: exp_avg,
+    exp_avg_sq); empty before the first step. The same on every rank."""
+    import torch
+
+    state = engine.optimizer.optimizer.state_dict()["state"]
+    return sorted({key for values in state.values() for key, value in values.items()
+                   if torch.is_tensor(value) and value.dim() > 0})
+
+
+def save_full_zero_state(engine, path: str) -> None:
+    """Collective, ZeRO 1/2 only: write {parameter name: {"fp32": master, key: optimizer state}},
+    each tensor whole (the parameter's shape), gathered with DeepSpeed's safe_get_full_* API,
+    and the optimizer's parameter-group hyper-parameters (lr, momentum, ...).
+
+    Rank 0 writes it (temp + rename); it costs one all-reduce per parameter and state and
+    a file of (1 + number of state keys) x 4 bytes per parameter."""
+    import torch
+    import torch.distributed as dist
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    if engine.zero_optimization_stage() not in (1, 2):
+        return
+    keys = _optimizer_state_keys(engine)
+    full: dict[str, dict] = {}
+    for name, param in engine.module.named_parameters():
+        if not param.requires_grad:
+            continue
+        tensors = {"fp32": safe_get_full_fp32_param(param)}
+        tensors.update((key, safe_get_full_optimizer_state(param, key)) for key in keys)
+        full[name] = {key: value.detach().cpu() for key, value in tensors.items()}
+    if dist.get_rank() == 0:
+        temp = f"{path}.tmp-{os.getpid()}"
+        groups = [{key: value for key, value in group.items() if key != "params"}  # lr, momentum, ...
+                  for group in engine.optimizer.optimizer.param_groups]
+        torch.save({"keys": keys, "parameters": full, "param_groups": groups}, temp)
+        os.replace(temp, path)
+
+
+def restore_full_zero_state(engine, path: str) -> None:
+    """Collective, ZeRO 1/2: put save_full_zero_state's tensors into this world's partitions
+    (safe_set_full_fp32_param / safe_set_full_optimizer_state)."""
+    import torch
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    if not os.path.isfile(path):
+        raise UserInputError(f"--resume on another world size needs {path}, which is missing")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    zero_optimizer = engine.optimizer
+    # the hyper-parameters as saved (the lr of the step reached, not the config's initial one)
+    for group, saved_group in zip(zero_optimizer.optimizer.param_groups, saved["param_groups"], strict=True):
+        group.update(saved_group)
+    if saved["keys"]:
+        # SGD and Adam create their state at the first step; DeepSpeed links each parameter's
+        # view of it (its "fragment") only then. Create it here, zero-filled, and link it.
+        base = zero_optimizer.optimizer
+        for group in base.param_groups:
+            for flat in group["params"]:
+                for key in saved["keys"]:
+                    base.state[flat][key] = torch.zeros_like(flat)
+        zero_optimizer._lazy_init_hp_params_optimizer_state()
+    for name, param in engine.module.named_parameters():
+        if not param.requires_grad:
+            continue
+        tensors = saved["parameters"][name]
+        safe_set_full_fp32_param(param, tensors["fp32"].to(param.device))
+        for key in saved["keys"]:
+            safe_set_full_optimizer_state(param, tensors[key].to(param.device), key)
 
 
 def current_lr(engine) -> float:
