@@ -16,6 +16,7 @@ import sys
 import warnings
 
 from lt_dist.errors import UserInputError
+from lt_dist.storage.settings import add_storage_flags, export_storage_flags
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -29,7 +30,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     arg("--ds_config", "--ds-config", dest="ds_config", default="launch/ds_stage2.json",
         help="DeepSpeed config: batch 512, SGD lr 0.2, momentum 0.9, wd 5e-4 (default: %(default)s)")
     arg("--init", required=True, help="stage-1 run folder runs/NAME (or its best_model.pt)")
-    arg("--data", required=True, help="packed dataset shards/NAME with train/ and val/ (test/ used once at the end)")
+    arg("--data", required=True, help="packed dataset shards/NAME (or its URL) with train/ and val/ (test/ used once "
+        "at the end)")
     arg("--out", required=True, help="run folder of this stage-2 run")
     arg("--method", default=defaults.method, choices=tuple(METHOD_EPOCHS),
         help="crt (new linear head), lws (per-class scales on the stage-1 head), cosine (default: %(default)s)")
@@ -51,6 +53,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     arg("--eval-batch-size", type=int, default=defaults.eval_batch_size, help="per-rank batch for val/test")
     arg("--resume", action="store_true", help="continue from the newest checkpoint in OUT/checkpoints")
     arg("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # set by launchers
+    add_storage_flags(parser)  # --data may be s3://, gs://, http(s):// like every dataset address
     return parser
 
 
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         keep_checkpoints=args.keep_checkpoints, log_every=args.log_every, resume=args.resume,
         eval_batch_size=args.eval_batch_size)
     try:
+        export_storage_flags(args)  # the loader's worker processes read LT_DIST_* variables
         run_classifier(config, args.ds_config)
     except UserInputError as error:
         print(f"train_classifier: error: {error}", file=sys.stderr)

@@ -142,6 +142,10 @@ CASES = [
     Case("sample-stats seed negative", [*SAMPLE, "--seed", "-1"], "-1"),
     Case("sample-stats unfinished", [*SAMPLE[:1], "{ws}/shards/tiny", "--split", "val"], "unfinished",
          setup=remove("shards/tiny/val/manifest.parquet")),
+    Case("cache limit not a size", [*SAMPLE, "--cache-limit", "12Q"], "--cache-limit '12Q'"),
+    Case("storage options not JSON", ["verify", "{ws}/shards/tiny", "--storage-options", "{anon: 1}"],
+         "--storage-options is not valid JSON"),
+    Case("prefetch zero", ["stats", "{ws}/shards/tiny", "--prefetch", "0"], "--prefetch must be"),
 ]
 
 

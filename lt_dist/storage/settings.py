@@ -98,6 +98,13 @@ def add_storage_flags(parser) -> None:
 def export_storage_flags(args) -> None:
     """Put the flags into LT_DIST_* variables, checked first, so that every worker
     process and rank started from here reads the same settings."""
+    # a bad flag is named as the user typed it, before it becomes a variable
+    if getattr(args, "cache_limit", None) is not None:
+        parse_bytes(args.cache_limit, "--cache-limit")
+    if getattr(args, "storage_options", None) is not None:
+        parse_options(args.storage_options, "--storage-options")
+    if getattr(args, "prefetch", None) is not None:
+        _positive_int(str(args.prefetch), "--prefetch")
     pairs = (("cache_dir", "LT_DIST_CACHE"), ("cache_limit", "LT_DIST_CACHE_LIMIT"),
              ("storage_options", "LT_DIST_STORAGE_OPTIONS"), ("prefetch", "LT_DIST_PREFETCH"))
     for attr, var in pairs:
