@@ -3,7 +3,8 @@
     python bench/scaleout.py --data shards/demo [--ranks 2 --epochs 2] [--features features/demo]
 
 Stage 1 runs as one process per rank (the variables a launcher would set) with ZeRO
-stage 0, so the checkpoint resumes on another world size too. It measures: seconds
+stage 1, the default (a resume on another world size goes through the checkpoint's
+lt_full_zero_state.pt). It measures: seconds
 from SIGTERM to the last rank's exit; seconds from starting `--resume` to the first
 trained batch (log.jsonl's first new "train" line) on the same world and on half of
 it, against the checkpoint's size. With --features it also times the stage-2 search on
@@ -80,7 +81,8 @@ def preempt_and_resume(args, work: str) -> list[list]:
     """Rows: (what, world, seconds, checkpoint MB)."""
     ds_json = os.path.join(work, "ds.json")
     with open(ds_json, "w", encoding="utf-8") as handle:
-        json.dump({"train_batch_size": args.batch, "zero_optimization": {"stage": 0}, "steps_per_print": 10**9,
+        json.dump({"train_batch_size": args.batch, "zero_optimization": {"stage": 1}, "steps_per_print": 10**9,
+                   "zero_allow_untested_optimizer": True,
                    "optimizer": {"type": "SGD", "params": {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}}},
                   handle)
     run = os.path.join(work, "run")

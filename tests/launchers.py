@@ -72,11 +72,13 @@ def start_ranks(args: list[str], world_size: int, port: int, ranks_per_node: int
     return processes
 
 
-def deepspeed_node(args: list[str], hostfile: Path, node_rank: int, port: int, **popen) -> subprocess.Popen:
-    """One node's `deepspeed --no_ssh` launcher (every node runs the same command but --node_rank)."""
+def deepspeed_node(args: list[str], hostfile: Path, node_rank: int, port: int, env: dict | None = None,
+                   **popen) -> subprocess.Popen:
+    """One node's `deepspeed --no_ssh` launcher (every node runs the same command but --node_rank);
+    env: variables this node's launcher (and so its ranks) gets besides environment()'s."""
     command = [str(BIN / "deepspeed"), "--hostfile", str(hostfile), "--no_ssh", "--node_rank", str(node_rank),
                "--master_addr", "127.0.0.1", "--master_port", str(port), *args]
-    return subprocess.Popen(command, cwd=REPO, env=environment(), stdout=subprocess.PIPE,
+    return subprocess.Popen(command, cwd=REPO, env=environment(**(env or {})), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **popen)
 
 

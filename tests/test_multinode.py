@@ -4,12 +4,14 @@ The 4-rank single-launcher run is the reference: the same ranks see the same sam
 the two-node runs must end with the same weights.
 """
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
+from servers import Nginx, nginx_binary, served_folder
 from launchers import (BIN, assert_same_weights, build_tiny_dataset, deepspeed_node, deepspeed_one_node,
                        environment, final_weights, finish, free_port, train_args)
 
@@ -41,10 +43,27 @@ def write_hostfile(path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def www(tmp_path):
+    """nginx on 127.0.0.1 serving a folder the test fills."""
+    if nginx_binary() is None:
+        pytest.skip("nginx is not installed: `make test` installs Debian's package nginx as root "
+                    "(apt-get install nginx)")
+    root = served_folder()
+    server = Nginx(root, tmp_path / "nginx").start()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.mark.timeout(1800)  # several launches; generous for a loaded machine
-def test_deepspeed_no_ssh_two_nodes_match_four_ranks_on_one_node(tiny, one_node_run, tmp_path):
+def test_deepspeed_no_ssh_two_nodes_match_four_ranks_on_one_node(tiny, one_node_run, www, tmp_path):
+    """The two nodes read the dataset by URL, each through its own node cache (LT_DIST_NODE_ID)."""
+    shutil.copytree(tiny / "ds", www.root / "ds")
     run, hostfile, port = tmp_path / "run", write_hostfile(tmp_path / "hostfile"), free_port()
-    nodes = [deepspeed_node(train_args(tiny, run, *COMMON), hostfile, node, port) for node in (0, 1)]
+    args = train_args(tiny, run, *COMMON, "--cache-dir", tmp_path / "cache")
+    args[args.index("--data") + 1] = f"{www.url}/ds"
+    nodes = [deepspeed_node(args, hostfile, node, port, env={"LT_DIST_NODE_ID": f"node-{node}"}) for node in (0, 1)]
     outputs = finish(nodes)
     assert "nnodes=2, num_local_procs=2, node_rank=1" in outputs[1]
     config, ranks = placements(run)
@@ -53,11 +72,24 @@ def test_deepspeed_no_ssh_two_nodes_match_four_ranks_on_one_node(tiny, one_node_
     assert reference["num_nodes"] == 1 and [p["node_rank"] for p in single] == [0] * 4
     tag = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
     # every rank of both nodes wrote its optimizer part into the one shared tag folder, rank 0 the model
-    parts = ["mp_rank_00_model_states.pt", *(f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(4))]
-    assert sorted(p.name for p in tag.iterdir()) == ["lt_manifest.json", *parts]
+    # and the whole ZeRO state (for a resume on another world size)
+    parts = ["lt_full_zero_state.pt", "mp_rank_00_model_states.pt",
+             *(f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(4))]
+    assert sorted(p.name for p in tag.iterdir()) == sorted(["lt_manifest.json", *parts])
     # rank 0's manifest, written after every rank of both nodes saved, accounts for each part
     assert sorted(json.loads((tag / "lt_manifest.json").read_text())["files"]) == parts
     assert_same_weights(final_weights(one_node_run), final_weights(run))
+    # each node downloaded each shard its ranks read once, into its own cache: train's twice in all
+    gets: dict[str, int] = {}
+    for method, path, status in www.requests():  # (404s are probes: is /ds itself a split?)
+        if method == "GET" and status == 200 and (path.endswith(".tar") or path.endswith("manifest.parquet")):
+            gets[path] = gets.get(path, 0) + 1
+    train = [f"/ds/train/{p.name}" for p in (tiny / "ds" / "train").glob("*.tar")]
+    assert train and all(gets.get(path) == 2 for path in train + ["/ds/train/manifest.parquet"]), gets
+    assert max(gets.values()) == 2, gets
+    for node in ("node-0", "node-1"):
+        cached = {p.name for p in (tmp_path / "cache" / node).rglob("*.tar")}
+        assert {Path(path).name for path in train} <= cached, node
 
 
 @pytest.mark.slow
