@@ -148,6 +148,21 @@ def test_a_cache_smaller_than_the_look_ahead_window_is_refused_up_front_naming_t
     assert flat(epoch(split)) == flat(epoch(str(packed / "ds" / "train")))
 
 
+def test_a_server_that_accepts_and_never_answers_is_a_retried_timeout_not_a_hang(monkeypatch, capsys):
+    import socket
+    import time
+
+    monkeypatch.setenv("LT_DIST_STALL_SECONDS", "1")
+    monkeypatch.setenv("LT_DIST_RETRIES", "2")
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts; nobody ever answers
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/ds"
+        started = time.monotonic()
+        assert main(["verify", url]) == 2
+        assert time.monotonic() - started < 60  # aiohttp's own default would wait 5 minutes per request
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "failed after 2 tries" in err[0] and "127.0.0.1" in err[0], err
+
+
 @needs_nginx
 def test_server_killed_and_restarted_mid_epoch_costs_time_not_the_run(packed, www, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("LT_DIST_PREFETCH", "1")

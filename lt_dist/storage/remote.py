@@ -39,6 +39,8 @@ class RemoteStore:
                 logging.getLogger("gcsfs").addFilter(_drop_gcsfs_tracebacks)
                 if os.environ.get("STORAGE_EMULATOR_HOST"):
                     cls, options = _gcs_emulator_client(options)
+            if protocol in ("http", "https"):
+                options = _with_stall_timeout(options, self.settings.stall_seconds)
             # skip_instance_cache: a new endpoint in the environment gets a new client
             self._filesystems[protocol] = cls(skip_instance_cache=True, **options)
         return self._filesystems[protocol]
@@ -100,3 +102,15 @@ def _drop_gcsfs_tracebacks(record: logging.LogRecord) -> bool:
     """gcsfs logs each request it gives up on (a 401, say) with a traceback, before it
     raises; with_retries then raises the same error in one line naming the URL."""
     return not (record.funcName == "retry_request" and record.levelno >= logging.ERROR)
+
+
+def _with_stall_timeout(options: dict, seconds: int) -> dict:
+    """fsspec HTTP options whose aiohttp session gives up on a connection that connects or
+    sends nothing for `seconds` (aiohttp's default waits 5 minutes per request, then the
+    retries would wait again): a stalled server becomes a transient, retried error.
+    A timeout the user gave in client_kwargs wins."""
+    import aiohttp
+
+    client_kwargs = dict(options.get("client_kwargs") or {})
+    client_kwargs.setdefault("timeout", aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds))
+    return {**options, "client_kwargs": client_kwargs}

@@ -9,6 +9,8 @@ DataLoader workers and launcher-started ranks inherit what the command line said
     LT_DIST_PREFETCH         batches to fetch ahead (default 8)
     LT_DIST_PREFETCH_THREADS concurrent downloads per process (default 4)
     LT_DIST_RETRIES          tries of a transient failure before giving up (default 8)
+    LT_DIST_STALL_SECONDS    an HTTP(S) connection that sends nothing this long is a transient
+                             error (retried), not a hang (default 60)
 Credentials never go here: AWS env vars/profiles, AWS_ENDPOINT_URL, GCS ADC.
 """
 from __future__ import annotations
@@ -51,6 +53,7 @@ class StorageSettings:
     prefetch_batches: int = 8  # batches of look-ahead per loader worker
     prefetch_threads: int = 4  # concurrent downloads per process
     retries: int = 8  # tries of a transient error (backoff 0.5 s doubling, at most 10 s)
+    stall_seconds: int = 60  # HTTP(S): connect or read silence longer than this fails the try
 
     @classmethod
     def from_env(cls, environ=None) -> "StorageSettings":
@@ -66,7 +69,7 @@ class StorageSettings:
         if env.get("LT_DIST_STORAGE_OPTIONS"):
             values["options"] = parse_options(env["LT_DIST_STORAGE_OPTIONS"], "LT_DIST_STORAGE_OPTIONS")
         for key, var in (("prefetch_batches", "LT_DIST_PREFETCH"), ("prefetch_threads", "LT_DIST_PREFETCH_THREADS"),
-                         ("retries", "LT_DIST_RETRIES")):
+                         ("retries", "LT_DIST_RETRIES"), ("stall_seconds", "LT_DIST_STALL_SECONDS")):
             if env.get(var):
                 values[key] = _positive_int(env[var], var)
         return cls(**values)
