@@ -30,7 +30,9 @@ def problem():
 
 
 SETTINGS = {"joint": {}, "ncm": {"metric": "l2"}, "tau_norm": {"tau": 0.7}, "crt": {"epochs": 2},
-            "lws": {"epochs": 2}, "learned_tau": {"epochs": 2}, "cosine": {"epochs": 2}}
+            "lws": {"epochs": 2}, "learned_tau": {"epochs": 2}, "cosine": {"epochs": 2}, "logit_adjust": {"tau": 0.7},
+            "balanced_softmax": {"epochs": 2}, "label_aware_smoothing": {"epochs": 2}, "wb": {"epochs": 2},
+            "disalign": {"epochs": 2}}
 
 
 def test_every_method_has_a_head():
@@ -68,6 +70,21 @@ def test_records_say_what_each_head_is(problem, tmp_path):
     assert np.allclose(tensors["weight"], classifier.weight * tensors["scales"][:, None], atol=1e-6)
     tensors, _ = load_head(str(tmp_path), "cosine")
     assert tensors["scale"].shape == (1,)
+
+
+def test_records_of_the_post_paper_heads(problem, tmp_path):
+    """logit_adjust saves the joint rows and its shift tau log pi_j; disalign the joint rows and its calibration."""
+    train, classifier, _ = problem
+    for method in ("logit_adjust", "disalign"):
+        save_head(str(tmp_path), method, fit_method(method, train, classifier, SETTINGS[method]), {})
+    tensors, record = load_head(str(tmp_path), "logit_adjust")
+    assert record["options"] == {"tau": 0.7} and sorted(tensors) == ["adjustment", "bias", "weight"]
+    assert np.allclose(tensors["adjustment"], 0.7 * np.log(COUNTS / COUNTS.sum()), atol=1e-6)
+    assert np.array_equal(tensors["weight"], classifier.weight) and np.array_equal(tensors["bias"], classifier.bias)
+    tensors, record = load_head(str(tmp_path), "disalign")
+    assert record["options"] == {"rho": 1.2} and tensors["gate_bias"].shape == (1,)
+    assert {name: value.shape for name, value in tensors.items() if name.startswith(("align", "gate"))} == {
+        "align_scale": (4,), "align_shift": (4,), "gate_weight": (16,), "gate_bias": (1,)}
 
 
 def test_ncm_class_without_training_rows_never_wins():

@@ -226,7 +226,8 @@ def test_a_fit_on_the_gpu_matches_the_cpu_fit(train, joint, method):
 
 
 def test_unknown_names_are_refused_in_one_exact_line():
-    methods = ", ".join(["joint", "ncm", "tau_norm", "crt", "lws", "learned_tau", "cosine"])
+    methods = ", ".join(["joint", "ncm", "tau_norm", "crt", "lws", "learned_tau", "cosine", "logit_adjust",
+                         "balanced_softmax", "label_aware_smoothing", "wb", "disalign"])
     message = f"unknown stage-2 method 'dot'; choose one of {methods}"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         resolve_params("dot", {})

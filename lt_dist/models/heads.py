@@ -1,11 +1,14 @@
 """Stage-2 classifiers as torch modules over the backbone's features (N, D) -> logits (N, C).
 
-Every stage-2 method reduces to one of three small heads, built from the tensors the
-search saves (results/NAME/heads/<method>.safetensors):
-    LinearHead   f W^T (+ b)                     joint, crt, tau_norm, lws, learned_tau
+Every stage-2 method reduces to one of three small heads, or one of them inside a calibration,
+built from the tensors the search saves (results/NAME/heads/<method>.safetensors):
+    LinearHead   f W^T (+ b)                     joint, crt, tau_norm, lws, learned_tau,
+                                                 balanced_softmax, label_aware_smoothing, wb
                  (W holds the effective rows: tau-normalised or scaled by LWS's f_j)
     NCMHead      -||x~ - m_j||^2 or cos(x~, m_j), x~ = (f - mean) / ||f - mean||   ncm
     CosineHead   s * cos(f, w_j)                 cosine
+    AdjustedHead z - a_j, z from a linear or cosine head                       logit_adjust
+    DisAlignHead (1 - sigma) z + sigma (s_j z_j + t_j), sigma = sigmoid(g . f + c)   disalign
 HEADS maps a method name to its builder: build_head(method, tensors, options) -> nn.Module.
 Pure torch: no stage-2, Ray or DeepSpeed import, so a packaged model loads without them.
 """
@@ -81,6 +84,41 @@ class CosineHead(nn.Module):
         return self.scale * (_l2_rows(features.float()) @ _l2_rows(self.weight).T)
 
 
+class AdjustedHead(nn.Module):
+    """logits = base(f) - adjustment_j (post-hoc logit adjustment: tau log pi_j). Saved tensors: the base's
+    (weight with bias, or weight with scale for a cosine stage-1 head) and adjustment (C,)."""
+
+    def __init__(self, base: nn.Module, adjustment: torch.Tensor):
+        super().__init__()
+        self.base = base
+        self.register_buffer("adjustment", adjustment.detach().float().reshape(-1).clone())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (N, C) float32."""
+        return self.base(features) - self.adjustment
+
+
+class DisAlignHead(nn.Module):
+    """DisAlign: (1 - sigma) z + sigma (s_j z_j + t_j), z = base(f), sigma = sigmoid(g . f + c) (N, 1).
+
+    Saved tensors: the base's, align_scale (C,) s, align_shift (C,) t, gate_weight (D,) g, gate_bias (1,) c.
+    """
+
+    def __init__(self, base: nn.Module, scale: torch.Tensor, shift: torch.Tensor, gate_weight: torch.Tensor,
+                 gate_bias: torch.Tensor):
+        super().__init__()
+        self.base = base
+        for name, value in (("scale", scale), ("shift", shift), ("gate_weight", gate_weight),
+                            ("gate_bias", gate_bias)):
+            self.register_buffer(name, value.detach().float().reshape(-1).clone())
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (N, C) float32."""
+        logits = self.base(features)
+        gate = torch.sigmoid(features.float() @ self.gate_weight + self.gate_bias)[:, None]
+        return (1.0 - gate) * logits + gate * (self.scale * logits + self.shift)
+
+
 def _linear(tensors: dict[str, torch.Tensor], options: dict) -> nn.Module:
     # joint, tau_norm, lws and learned_tau on a cosine stage-1 head keep it: saved as weight + scale
     if "scale" in tensors and "bias" not in tensors:
@@ -96,6 +134,15 @@ def _cosine(tensors: dict[str, torch.Tensor], options: dict) -> CosineHead:
     return CosineHead(tensors["weight"], tensors["scale"])
 
 
+def _adjusted(tensors: dict[str, torch.Tensor], options: dict) -> AdjustedHead:
+    return AdjustedHead(_linear(tensors, options), tensors["adjustment"])
+
+
+def _disalign(tensors: dict[str, torch.Tensor], options: dict) -> DisAlignHead:
+    return DisAlignHead(_linear(tensors, options), tensors["align_scale"], tensors["align_shift"],
+                        tensors["gate_weight"], tensors["gate_bias"])
+
+
 # The registry: stage-2 method -> builder(tensors, options) -> head module.
 HEADS: dict[str, Callable[[dict, dict], nn.Module]] = {
     "joint": _linear,
@@ -105,9 +152,16 @@ HEADS: dict[str, Callable[[dict, dict], nn.Module]] = {
     "learned_tau": _linear,
     "ncm": _ncm,
     "cosine": _cosine,
+    "logit_adjust": _adjusted,
+    "balanced_softmax": _linear,
+    "label_aware_smoothing": _linear,
+    "wb": _linear,  # a cosine stage-1 head stays one: weight + scale, as joint's
+    "disalign": _disalign,
 }
 # Tensors each builder needs (extra saved tensors, like LWS's scales, are kept for the record).
-REQUIRED = {_linear: ("weight",), _ncm: ("mean", "centroids"), _cosine: ("weight", "scale")}
+REQUIRED = {_linear: ("weight",), _ncm: ("mean", "centroids"), _cosine: ("weight", "scale"),
+            _adjusted: ("weight", "adjustment"),
+            _disalign: ("weight", "align_scale", "align_shift", "gate_weight", "gate_bias")}
 
 
 def build_head(method: str, tensors: dict[str, torch.Tensor], options: dict | None = None) -> nn.Module:

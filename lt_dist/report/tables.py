@@ -6,8 +6,12 @@ import json
 import math
 
 DISPLAY = {"joint": "Joint", "ncm": "NCM", "crt": "cRT", "tau_norm": "τ-normalized", "lws": "LWS",
-           "learned_tau": "learned τ", "cosine": "cosine"}
-ORDER = ("joint", "ncm", "crt", "tau_norm", "lws", "learned_tau", "cosine")
+           "learned_tau": "learned τ", "cosine": "cosine", "logit_adjust": "logit adj.",
+           "balanced_softmax": "Balanced Softmax", "label_aware_smoothing": "label-aware smoothing", "wb": "WB",
+           "disalign": "DisAlign"}
+# the paper's methods in its order, then those published after it (stage2/later.py)
+ORDER = ("joint", "ncm", "crt", "tau_norm", "lws", "learned_tau", "cosine", "logit_adjust", "balanced_softmax",
+         "label_aware_smoothing", "wb", "disalign")
 GROUPS = ("many", "medium", "few", "all")
 
 

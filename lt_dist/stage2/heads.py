@@ -4,7 +4,9 @@ tau-normalisation, the NCM classifier and the predictors every stage-2 method re
     LinearPredictor   logits = f W^T (+ b)           joint, tau_norm, crt, lws, learned_tau
     NCMPredictor      -||x~ - m_j||^2 or cos(x~, m_j)  ncm (x~ the "cl2n" feature)
     CosinePredictor   s * cos(x, w_j)                 cosine
-(docs/METHOD.md, "Stage 2".)
+    AdjustedPredictor base(x) - a_j                   logit_adjust (a_j = tau log pi_j)
+    DisAlignPredictor (1 - sigma) z + sigma (s z + t) disalign (z = base(x), sigma = sigmoid(g . x + c))
+(docs/METHOD.md, "Stage 2" and "After the paper".)
 """
 from __future__ import annotations
 
@@ -163,3 +165,58 @@ class CosinePredictor:
         """(N, D) -> (N, C) float32."""
         queries = _l2_rows(np.asarray(features, dtype=np.float32))
         return (self.scale * (queries @ _l2_rows(self.weight).T)).astype(np.float32)
+
+
+class AdjustedPredictor:
+    """logits = base(x) - adjustment_j: a per-class shift of another predictor's logits (post-hoc logit
+    adjustment: adjustment_j = tau log pi_j). `.weight` is the base's, for the weight-norm figure."""
+
+    def __init__(self, base: LinearPredictor | CosinePredictor, adjustment: np.ndarray, **extra):
+        self.base = base
+        self.adjustment = np.asarray(adjustment, dtype=np.float32)  # (C,)
+        for name, value in extra.items():  # method-specific state: tau
+            setattr(self, name, value)
+
+    @property
+    def weight(self) -> np.ndarray:
+        """(C, D) rows of the base classifier."""
+        return self.base.weight
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        """(N, D) -> (N, C) float32: the base's logits first, then the shift (the order the formula is written in)."""
+        return self.base(features) - self.adjustment
+
+
+def sigmoid(values: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-v)) written as (1 + tanh(v / 2)) / 2: no overflow warning for large |v|."""
+    return 0.5 * (1.0 + np.tanh(0.5 * values))
+
+
+class DisAlignPredictor:
+    """DisAlign's calibrated logits: (1 - sigma(x)) z + sigma(x) (scale_j z_j + shift_j), z = base(x),
+    sigma(x) = sigmoid(gate_weight . x + gate_bias). `.weight` is the base's."""
+
+    def __init__(self, base: LinearPredictor | CosinePredictor, scale: np.ndarray, shift: np.ndarray,
+                 gate_weight: np.ndarray, gate_bias: float, **extra):
+        self.base = base
+        self.scale = np.asarray(scale, dtype=np.float32)  # (C,) s_j
+        self.shift = np.asarray(shift, dtype=np.float32)  # (C,) t_j
+        self.gate_weight = np.asarray(gate_weight, dtype=np.float32)  # (D,) g
+        self.gate_bias = float(gate_bias)  # c
+        for name, value in extra.items():  # method-specific state: rho
+            setattr(self, name, value)
+
+    @property
+    def weight(self) -> np.ndarray:
+        """(C, D) rows of the frozen base classifier."""
+        return self.base.weight
+
+    def gate(self, features: np.ndarray) -> np.ndarray:
+        """(N, D) -> (N, 1) float32 confidence sigma(x)."""
+        features = np.asarray(features, dtype=np.float32)
+        return sigmoid(features @ self.gate_weight + np.float32(self.gate_bias))[:, None].astype(np.float32)
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        """(N, D) -> (N, C) float32."""
+        logits, gate = self.base(features), self.gate(features)
+        return ((1.0 - gate) * logits + gate * (self.scale * logits + self.shift)).astype(np.float32)

@@ -9,6 +9,8 @@ features (N, D) -> logits (N, C) float32:
     lws          learned per-class scales f_j * (w_j . x + b_j), W and b frozen
     learned_tau  tau itself learned with class-balanced sampling (paper B.5), bias dropped
     cosine       s * cos(x, w_j), W trained like cRT, s = 16 fixed as the official CosNorm (paper B.7)
+and the methods published after the paper, defined in later.py and merged into the tables here:
+    logit_adjust, balanced_softmax, label_aware_smoothing, wb, disalign
 A cosine stage-1 head (classifier.cosine_scale set: logits s cos(x, w_j), no bias):
 joint is that cosine classifier; tau_norm and learned_tau return it unchanged, since
 its rows enter normalised and w_j / ||w_j||^tau has the same direction for every tau
@@ -28,8 +30,9 @@ import torch.nn.functional as F
 
 from lt_dist.stage2.heads import (CosinePredictor, LinearPredictor, NCMPredictor, ncm_centroids, scale_rows,
                                   tau_normalize)
-from lt_dist.stage2.training import (TrainConfig, batch_for_steps, fit_device, torch_threads, train_head,
-                                     uniform_init)
+from lt_dist.stage2.later import LATER_DEFAULTS, LATER_METHODS, LATER_SEARCH
+from lt_dist.stage2.params import COMMON_PARAMS, resolve
+from lt_dist.stage2.training import fit_device, train_with_params, uniform_init
 from lt_dist.stage2.types import FeatureSplit, Predictor, StageOneClassifier
 
 Method = Callable[[FeatureSplit, StageOneClassifier, dict, int], Predictor]
@@ -55,8 +58,8 @@ DEFAULT_PARAMS: dict[str, dict] = {
     # s = 16, fixed as in the official CosNorm classifier; learn_scale=True learns it from there
     # (on small data a learned s collapses towards 0, and with it every class's margin)
     "cosine": {**_FRESH, "epochs": 10, "weight_decay": 5e-4, "scale_init": 16.0, "learn_scale": False},
+    **LATER_DEFAULTS,
 }
-COMMON_PARAMS = {"threads": None, "device": "cpu"}  # accepted by every method
 
 SEARCH_SPACE: dict[str, list[dict]] = {
     "joint": [{}],
@@ -67,30 +70,18 @@ SEARCH_SPACE: dict[str, list[dict]] = {
     "lws": [{"lr": lr} for lr in (0.05, 0.2, 0.8)],
     "learned_tau": [{"lr": 0.2}],
     "cosine": [{"lr": 0.2}],
+    **LATER_SEARCH,
 }
 
 
 def resolve_params(method: str, params: dict | None) -> dict:
     """DEFAULT_PARAMS[method] and COMMON_PARAMS updated by `params`; unknown keys raise ValueError."""
-    if method not in DEFAULT_PARAMS:
-        raise ValueError(f"unknown stage-2 method {method!r}; choose one of {', '.join(DEFAULT_PARAMS)}")
-    defaults = {**DEFAULT_PARAMS[method], **COMMON_PARAMS}
-    unknown = sorted(set(params or {}) - set(defaults))
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {', '.join(map(repr, unknown))} for {method!r}; "
-                         f"accepted: {', '.join(defaults)}")
-    return {**defaults, **(params or {})}
+    return resolve(method, params, DEFAULT_PARAMS)
 
 
 def _train(params: dict, groups: list[dict], logits_fn, train: FeatureSplit, num_classes: int, seed: int) -> None:
-    """train_head with the method's optimisation params, under the requested thread count."""
-    config = TrainConfig(epochs=int(params["epochs"]),
-                         batch_size=batch_for_steps(len(train.labels) * int(params["epochs"]),
-                                                    int(params["batch_size"]), int(params["min_steps"])),
-                         lr=float(params["lr"]), momentum=float(params["momentum"]),
-                         lr_schedule=str(params["lr_schedule"]))
-    with torch_threads(params["threads"]):
-        train_head(groups, logits_fn, train, num_classes, config, seed, device=fit_device(params["device"]))
+    """train_head on class-balanced batches with the method's optimisation params and thread count."""
+    train_with_params(params, groups, logits_fn, train, num_classes, seed, strategy="class")
 
 
 def fit_joint(train: FeatureSplit, classifier: StageOneClassifier, params: dict, seed: int) -> LinearPredictor:
@@ -200,6 +191,7 @@ METHODS: dict[str, Method] = {
     "lws": fit_lws,
     "learned_tau": fit_learned_tau,
     "cosine": fit_cosine,
+    **LATER_METHODS,
 }
 
 

@@ -5,6 +5,9 @@
                                            scales (C,) for LWS (already folded into weight)
                            ncm             mean (D,) float64, centroids (C, D) float64
                            cosine          weight (C, D), scale (1,)
+                           logit_adjust    the joint head's tensors + adjustment (C,) tau log pi_j
+                           disalign        the joint head's tensors + align_scale (C,), align_shift (C,),
+                                           gate_weight (D,), gate_bias (1,)
     <method>.json          method, params, options (NCM metric), tau / scale, the features
                            and stage-1 checkpoint it came from, class names, training
                            counts, and its val/test scores
@@ -19,13 +22,21 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from lt_dist.errors import UserInputError
-from lt_dist.stage2.heads import CosinePredictor, LinearPredictor, NCMPredictor
+from lt_dist.stage2.heads import AdjustedPredictor, CosinePredictor, DisAlignPredictor, LinearPredictor, NCMPredictor
 
 HEADS_DIR = "heads"
 
 
 def predictor_tensors(predictor) -> tuple[dict[str, np.ndarray], dict]:
     """(tensors, options) of a fitted stage-2 predictor, in build_head's vocabulary."""
+    if isinstance(predictor, AdjustedPredictor):  # the base head's tensors, plus the shift
+        tensors, options = predictor_tensors(predictor.base)
+        return {**tensors, "adjustment": predictor.adjustment}, {**options, "tau": float(predictor.tau)}
+    if isinstance(predictor, DisAlignPredictor):
+        tensors, options = predictor_tensors(predictor.base)
+        return ({**tensors, "align_scale": predictor.scale, "align_shift": predictor.shift,
+                 "gate_weight": predictor.gate_weight, "gate_bias": np.array([predictor.gate_bias], np.float32)},
+                {**options, "rho": float(predictor.rho)})
     if isinstance(predictor, LinearPredictor):
         tensors = {"weight": predictor.weight}
         if predictor.bias is not None:

@@ -1,7 +1,9 @@
-"""The one torch loop of the trained stage-2 methods (cRT, LWS, learned tau, cosine).
+"""The one torch loop of the trained stage-2 methods (cRT, LWS, learned tau, cosine, and later.py's).
 
 Frozen features in, a few parameters out: class-balanced batches from the project's
-sampler, cross-entropy, SGD with momentum and a per-step cosine learning rate to 0.
+sampler (instance-balanced where a method asks), cross-entropy or the method's own
+loss, SGD with momentum and a per-step cosine learning rate to 0, and an optional
+hook after every optimizer step (Weight Balancing's MaxNorm projection).
 float32 on the CPU or a GPU (`device`; the sampler always runs on the CPU); every random
 choice comes from `seed` (sampler and initialisation), so the same seed, device and
 thread count give the same parameters.
@@ -90,15 +92,21 @@ def fit_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (B, C) logits, (B,) labels -> scalar
+
+
 def train_head(param_groups: list[dict], logits_fn: Callable[[torch.Tensor], torch.Tensor], train: FeatureSplit,
                num_classes: int, config: TrainConfig, seed: int,
-               device: torch.device = torch.device("cpu")) -> list[float]:
-    """Minimise cross-entropy of logits_fn over balanced batches of `train`; updates the params in place.
+               device: torch.device = torch.device("cpu"), loss_fn: LossFn | None = None,
+               after_step: Callable[[], None] | None = None) -> list[float]:
+    """Minimise loss_fn (default cross-entropy) of logits_fn over batches of `train`; updates the params in place.
 
     Args:
         param_groups: torch.optim groups ({"params": [...], "weight_decay": float}).
         logits_fn: (B, D) float32 features -> (B, C) logits; its parameters live on `device`.
         device: where each batch goes (the features stay in host memory, memory-mapped).
+        loss_fn: (logits (B, C), labels (B,) int64) -> scalar; None: F.cross_entropy.
+        after_step: called after every optimizer step (e.g. a projection of the parameters).
     Returns:
         the loss of every step (floats, read back once at the end: no device sync per step).
     """
@@ -115,12 +123,29 @@ def train_head(param_groups: list[dict], logits_fn: Callable[[torch.Tensor], tor
         # fancy indexing copies: torch never sees the read-only memory-mapped matrix
         features = torch.from_numpy(source[rows]).to(device, non_blocking=True)
         labels = torch.from_numpy(train.labels[rows]).to(device, non_blocking=True)
-        loss = F.cross_entropy(logits_fn(features), labels)
+        loss = (loss_fn or F.cross_entropy)(logits_fn(features), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step()
         losses.append(loss.detach())
     return torch.stack(losses).tolist() if losses else []
+
+
+def train_with_params(params: dict, groups: list[dict], logits_fn: Callable[[torch.Tensor], torch.Tensor],
+                      train: FeatureSplit, num_classes: int, seed: int, *, strategy: str = "class",
+                      loss_fn: LossFn | None = None, after_step: Callable[[], None] | None = None) -> list[float]:
+    """train_head with a method's resolved optimisation params (epochs, batch_size, min_steps, lr, momentum,
+    lr_schedule, threads, device), on `strategy` batches ("class" or "instance"); returns the step losses."""
+    config = TrainConfig(epochs=int(params["epochs"]),
+                         batch_size=batch_for_steps(len(train.labels) * int(params["epochs"]),
+                                                    int(params["batch_size"]), int(params["min_steps"])),
+                         lr=float(params["lr"]), momentum=float(params["momentum"]), strategy=strategy,
+                         lr_schedule=str(params["lr_schedule"]))
+    with torch_threads(params["threads"]):
+        return train_head(groups, logits_fn, train, num_classes, config, seed, device=fit_device(params["device"]),
+                          loss_fn=loss_fn, after_step=after_step)
 
 
 def uniform_init(shape: tuple[int, ...], fan_in: int, generator: torch.Generator) -> torch.Tensor:
