@@ -185,3 +185,41 @@ def test_a_crashed_trial_is_retried(tmp_path):
     assert "errored" in output  # Ray saw the crash ...
     trials = pq.read_table(out / "trials.parquet").to_pylist()
     assert sorted(json.loads(t["params"])["lr"] for t in trials) == [0.05, 0.2]  # ... and the retry finished it
+
+
+def search_script():
+    """tune/search_stage2.py as a module (no Ray needed for its tables and start-up checks)."""
+    sys.path.insert(0, str(REPO / "tune"))
+    try:
+        import search_stage2
+    finally:
+        sys.path.pop(0)
+    return search_stage2
+
+
+def test_the_method_names_of_the_help_are_the_methods_table():
+    from lt_dist.stage2.methods import METHODS
+
+    script = search_script()
+    later = script.LATER_METHODS.split(",")
+    assert later == list(METHODS)[-len(later):]
+    assert sorted(script.DEFAULT_METHODS.split(",") + later) == sorted(METHODS)
+    help_text = " ".join(script.get_args_parser().format_help().split())
+    assert f"after the paper: {script.LATER_METHODS.replace(',', ', ')} (docs/METHOD.md)" in help_text
+
+
+def test_methods_all_runs_every_method_and_taus_set_both_tau_grids(tmp_path):
+    script = search_script()
+    features = write_features(tmp_path / "features")
+    args = script.get_args_parser().parse_args(["--features", str(features), "--out", str(tmp_path / "r"),
+                                                "--methods", "all", "--taus", "0,1.5"])
+    trials, _ = script.prepare(args)
+    from lt_dist.stage2.methods import METHODS
+
+    assert [t["method"] for t in trials if t["method"] in ("tau_norm", "logit_adjust")] == ["tau_norm"] * 2 + [
+        "logit_adjust"] * 2
+    assert {t["method"] for t in trials} == set(METHODS)
+    assert [t["params"] for t in trials if t["method"] == "logit_adjust"] == [{"tau": 0.0}, {"tau": 1.5}]
+    default = script.prepare(script.get_args_parser().parse_args(["--features", str(features), "--out",
+                                                                  str(tmp_path / "d")]))[0]
+    assert {t["method"] for t in default} == set(script.DEFAULT_METHODS.split(","))  # the paper's, as before

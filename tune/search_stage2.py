@@ -22,7 +22,10 @@ import sys
 from lt_dist.errors import OneLineArgumentParser, UserInputError
 from lt_dist.optional import require
 
-DEFAULT_METHODS = "joint,ncm,crt,tau_norm,lws,learned_tau,cosine"
+DEFAULT_METHODS = "joint,ncm,crt,tau_norm,lws,learned_tau,cosine"  # the paper's
+# published after the paper (lt_dist/stage2/later.py); typed here so --help imports no torch,
+# tests/test_search_stage2.py keeps the two equal to METHODS
+LATER_METHODS = "logit_adjust,balanced_softmax,label_aware_smoothing,wb,disalign"
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -32,9 +35,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "lists for --methods/--taus, a mapping for --set); flags override")
     parser.add_argument("--features", required=True, help="features/NAME written by `lt_dist extract`")
     parser.add_argument("--out", help="results folder (default: results/<NAME of --features>)")
-    parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated (default: %(default)s)")
-    parser.add_argument("--taus", help="tau grid for tau_norm, comma-separated (default: 0.0, 0.1, ..., 2.0)")
-    parser.add_argument("--lrs", help="learning rates for crt/lws/learned_tau/cosine (default: each method's grid)")
+    parser.add_argument("--methods", default=DEFAULT_METHODS,
+                        help=f"comma-separated, or 'all' (default: %(default)s, the paper's); after the paper: "
+                        f"{LATER_METHODS.replace(',', ', ')} (docs/METHOD.md)")
+    parser.add_argument("--taus", help="tau grid for tau_norm and logit_adjust, comma-separated (default: 0.0, 0.1, "
+                        "..., 2.0)")
+    parser.add_argument("--lrs", help="learning rates for crt/lws/learned_tau/cosine/balanced_softmax (default: each "
+                        "method's grid)")
     parser.add_argument("--set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
                         help="fix a parameter in every trial of a method, repeatable: crt.epochs=30, "
                         "lws.batch_size=256 (iNaturalist: crt.epochs=30)")
@@ -147,7 +154,9 @@ def prepare(args) -> tuple[list[dict], str]:
     overrides = parse_overrides(args.set)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
-        raise UserInputError(f"--methods is empty ({args.methods!r}); choose from {DEFAULT_METHODS}")
+        raise UserInputError(f"--methods is empty ({args.methods!r}); choose from {DEFAULT_METHODS},{LATER_METHODS}")
+    if methods == ["all"]:
+        methods = f"{DEFAULT_METHODS},{LATER_METHODS}".split(",")
     taus, lrs = _floats(args.taus, "--taus", 0.0), _floats(args.lrs, "--lrs", 0.0, low_open=True)
     from lt_dist.stage2.methods import resolve_params
     from lt_dist.stage2.search import check_select_on, trial_list

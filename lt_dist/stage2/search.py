@@ -19,13 +19,15 @@ from lt_dist.stage2.store import load_features, read_train_views
 from lt_dist.stage2.types import FeatureSplit, StageOneClassifier
 
 SELECT_ON = ("val", "train")
+TAU_GRIDS = ("tau_norm", "logit_adjust")  # the methods searched over tau alone (--taus)
 GROUP_KEYS = ("many", "medium", "few", "all")
 
 
 def trial_list(methods: list[str], taus: list[float] | None = None, lrs: list[float] | None = None) -> list[dict]:
     """[{"method", "params"}] for every method and setting of its search space.
 
-    taus replaces tau_norm's grid; lrs replaces the learning rates of the trained methods.
+    taus replaces the tau grids (tau_norm's and logit_adjust's); lrs replaces the learning rates of the
+    methods whose whole search is over lr.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -35,7 +37,7 @@ def trial_list(methods: list[str], taus: list[float] | None = None, lrs: list[fl
     trials = []
     for method in methods:
         space = SEARCH_SPACE[method]
-        if method == "tau_norm" and taus is not None:
+        if method in TAU_GRIDS and taus is not None:
             space = [{"tau": float(tau)} for tau in taus]
         elif lrs is not None and all("lr" in params for params in space):
             space = [{**space[0], "lr": float(lr)} for lr in lrs]
