@@ -72,7 +72,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     arg("--sampler-draw", default=defaults.sampler_draw, choices=("stratified", "iid"),
         help="exact per-epoch class quotas or i.i.d. draws (default: %(default)s)")
     arg("--loss", default=defaults.loss, help="ce | focal | class_balanced | class_balanced_focal | ldam | "
-        "logit_adjusted (default: %(default)s; parameters above)")
+        "logit_adjusted | balanced_softmax (default: %(default)s; parameters above)")
     arg("--loss-param", action="append", type=_loss_param, default=[], metavar="NAME=VALUE",
         help="a parameter of the loss, repeatable (the list above names each loss's)")
     arg("--head", choices=("linear", "cosine"), default=None,

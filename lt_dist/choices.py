@@ -20,6 +20,7 @@ LOSS_PARAMS: dict[str, dict[str, float | bool]] = {
     "class_balanced_focal": {"beta": 0.9999, "gamma": 2.0},
     "ldam": {"max_margin": 0.5, "scale": 30.0, "drw": True, "drw_start": 0.8, "beta": 0.9999},
     "logit_adjusted": {"tau": 1.0},
+    "balanced_softmax": {},
 }
 
 

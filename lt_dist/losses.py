@@ -8,6 +8,7 @@
                     with drw: class-balanced weights from epoch drw_start * T on
                     (meant for cosine-like logits in [-1, 1], as in Cao et al.)
     logit_adjusted  CE(z + tau * log p), p_j = n_j / n (Menon et al. 2021)
+    balanced_softmax  CE(z + log n_j) (Ren et al. 2020); the model's z is the prediction at test
 All are built from plain arguments by name through LOSSES; `set_epoch` lets the
 deferred re-weighting move with training.
 """
@@ -111,6 +112,19 @@ class LogitAdjustedLoss(CrossEntropy):
         return F.cross_entropy(logits.float() + self.adjustment, targets)
 
 
+class BalancedSoftmaxLoss(CrossEntropy):
+    """CE on logits + log n_j (Ren et al. 2020, Balanced Softmax): the softmax of training sees each class's
+    count, so the model's own logits z estimate the class-balanced posterior."""
+
+    def __init__(self, samples_per_class: np.ndarray):
+        super().__init__(samples_per_class)
+        counts = np.asarray(samples_per_class, dtype=np.float64)
+        self.register_buffer("log_counts", torch.tensor(np.log(counts), dtype=torch.float32))
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float() + self.log_counts, targets)
+
+
 LOSSES: dict[str, type[CrossEntropy]] = {
     "ce": CrossEntropy,
     "focal": FocalLoss,
@@ -118,6 +132,7 @@ LOSSES: dict[str, type[CrossEntropy]] = {
     "class_balanced_focal": ClassBalancedFocalLoss,
     "ldam": LDAMLoss,
     "logit_adjusted": LogitAdjustedLoss,
+    "balanced_softmax": BalancedSoftmaxLoss,
 }
 
 

@@ -70,6 +70,20 @@ def test_logit_adjusted_adds_tau_log_prior():
     assert loss.adjustment[0] - loss.adjustment[2] == pytest.approx(tau * math.log(100), rel=1e-5)
 
 
+def test_balanced_softmax_adds_log_counts():
+    """CE(z + log n_j) by hand; it equals logit_adjusted at tau = 1 (log n and log pi differ by a constant,
+    which the softmax ignores) and differs from plain CE."""
+    adjusted = LOGITS.numpy().astype(np.float64) + np.log(COUNTS.astype(np.float64))
+    loss = build_loss("balanced_softmax", COUNTS)
+    assert loss(LOGITS, TARGETS).item() == pytest.approx(ce_by_hand(adjusted, TARGETS.numpy()), rel=1e-5)
+    assert loss(UNEVEN_LOGITS, UNEVEN_TARGETS).item() == pytest.approx(
+        build_loss("logit_adjusted", COUNTS, tau=1.0)(UNEVEN_LOGITS, UNEVEN_TARGETS).item(), rel=1e-5)
+    assert loss(LOGITS, TARGETS).item() != pytest.approx(build_loss("ce", COUNTS)(LOGITS, TARGETS).item(), rel=1e-2)
+    assert np.allclose(loss.log_counts.numpy(), np.log(COUNTS))
+    with pytest.raises(ValueError, match="bad parameters for loss 'balanced_softmax'"):
+        build_loss("balanced_softmax", COUNTS, tau=1.0)
+
+
 def test_every_loss_backpropagates():
     for name in LOSSES:
         logits = LOGITS.clone().requires_grad_(True)
@@ -170,7 +184,8 @@ def test_losses_raise_no_warnings(recwarn):
 
 def test_a_class_with_one_image_is_accepted_and_unknown_names_list_the_choices():
     assert torch.isfinite(build_loss("class_balanced", np.array([5, 1]))(LOGITS[:, :2], torch.tensor([0, 1, 1])))
-    with pytest.raises(ValueError, match="choose one of ce, focal, class_balanced, class_balanced_focal, ldam, logit_adjusted$"):
+    with pytest.raises(ValueError, match="choose one of ce, focal, class_balanced, class_balanced_focal, ldam, logit_adjusted, "
+                                         "balanced_softmax$"):
         build_loss("hinge", COUNTS)
 
 
@@ -185,7 +200,7 @@ def test_ce_ignores_the_epoch_and_counts_with_a_zero_raise_before_building():
 
 def test_losses_accept_half_precision_logits_and_compute_in_float32():
     half = UNEVEN_LOGITS.to(torch.bfloat16)
-    for name in ("focal", "class_balanced", "ldam", "logit_adjusted"):
+    for name in ("focal", "class_balanced", "ldam", "logit_adjusted", "balanced_softmax"):
         value = build_loss(name, COUNTS)(half, UNEVEN_TARGETS)
         assert value.dtype == torch.float32, name
 

@@ -16,9 +16,10 @@ merges LATER_METHODS, LATER_DEFAULTS and LATER_SEARCH into its tables:
                            frozen stage-1 logits z, trained with class weights prop. to (1 / n_j)^rho.
                            Zhang et al., "Distribution Alignment: A Unified Framework for Long-tail
                            Visual Recognition", CVPR 2021
-Counts n_j are the classifier's train_counts. The formulas are pure functions here
-(log_prior, balanced_softmax_loss, label_aware_eps, label_smoothing_loss, grw_weights,
-maxnorm_threshold, project_rows_, disalign_logits), each tested against its own computation.
+Counts n_j are the classifier's train_counts. The formulas are pure functions here (log_prior,
+label_aware_eps, label_smoothing_loss, grw_weights, maxnorm_threshold, project_rows_,
+disalign_logits) or stage 1's losses (BalancedSoftmaxLoss, ClassBalancedLoss), each tested
+against its own computation.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lt_dist.losses import ClassBalancedLoss
+from lt_dist.losses import BalancedSoftmaxLoss, ClassBalancedLoss
 from lt_dist.stage2.heads import AdjustedPredictor, CosinePredictor, DisAlignPredictor, LinearPredictor
 from lt_dist.stage2.params import resolve
 from lt_dist.stage2.training import fit_device, train_with_params, uniform_init
@@ -96,14 +97,6 @@ def log_prior(counts: np.ndarray) -> np.ndarray:
     """(C,) float64 log pi_j, pi_j = n_j / sum_k n_k."""
     counts = np.asarray(counts, dtype=np.float64)
     return np.log(counts / counts.sum())
-
-
-def balanced_softmax_loss(logits: torch.Tensor, labels: torch.Tensor, log_counts: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of -log softmax(z + log n)_y (Ren et al. 2020, eq. 4).
-
-    Args: logits (B, C), labels (B,) int64, log_counts (C,) log n_j (log pi_j gives the same softmax).
-    """
-    return F.cross_entropy(logits.float() + log_counts, labels)
 
 
 def label_aware_eps(counts: np.ndarray, eps_head: float, eps_tail: float, shape: str = "concave") -> np.ndarray:
@@ -210,11 +203,11 @@ def fit_balanced_softmax(train: FeatureSplit, classifier: StageOneClassifier, pa
     at test. Initialised as fit_crt (same seed, same start)."""
     params = _resolve("balanced_softmax", params)
     device = fit_device(params["device"])
-    log_counts = torch.tensor(np.log(_counts(classifier, "balanced_softmax")), dtype=torch.float32, device=device)
+    loss_fn = BalancedSoftmaxLoss(_counts(classifier, "balanced_softmax")).to(device)  # stage 1's loss of that name
     weight, bias = _fresh_linear(classifier, seed, device)
     groups = [{"params": [weight, bias], "weight_decay": float(params["weight_decay"])}]
     train_with_params(params, groups, lambda x: x @ weight.T + bias, train, classifier.num_classes, seed,
-                      strategy="instance", loss_fn=lambda z, y: balanced_softmax_loss(z, y, log_counts))
+                      strategy="instance", loss_fn=loss_fn)
     return LinearPredictor(weight.detach().cpu().numpy(), bias.detach().cpu().numpy())
 
 
