@@ -75,6 +75,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "logit_adjusted | balanced_softmax (default: %(default)s; parameters above)")
     arg("--loss-param", action="append", type=_loss_param, default=[], metavar="NAME=VALUE",
         help="a parameter of the loss, repeatable (the list above names each loss's)")
+    arg("--mixup", type=float, default=defaults.mixup, metavar="ALPHA",
+        help="mix pairs of each batch, lam ~ Beta(ALPHA, ALPHA), loss lam L(y_a) + (1 - lam) L(y_b) with the "
+        "chosen --loss (MiSLAS: 0.2 on ImageNet-LT, 1.0 on CIFAR; default: %(default)s, off)")
     arg("--head", choices=("linear", "cosine"), default=None,
         help="classifier head: linear, or cosine (normalised features and weights); default: cosine "
         "for --loss ldam (as Cao et al.), linear otherwise")
@@ -121,7 +124,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig from parsed flags."""
     return TrainConfig(data=args.data, out=args.out, arch=args.arch, small_input=args.small_input,
                        sampler=args.sampler, sampler_draw=args.sampler_draw, loss=args.loss,
-                       loss_params=dict(args.loss_param), head=args.head, epochs=args.epochs, seed=args.seed,
+                       loss_params=dict(args.loss_param), head=args.head, mixup=args.mixup, epochs=args.epochs,
+                       seed=args.seed,
                        train_preset=args.train_preset, eval_preset=args.eval_preset,
                        image_size=args.image_size, no_jitter=args.no_jitter, init_from=args.init_from,
                        decoder=args.decoder, workers=args.workers, torch_threads=args.torch_threads,

@@ -24,6 +24,7 @@ class TrainConfig:
     loss: str = "ce"  # losses.LOSSES name
     loss_params: dict = field(default_factory=dict)  # keyword arguments of the loss
     head: str | None = None  # "linear" | "cosine"; None: cosine for ldam (Cao et al.), else linear
+    mixup: float = 0.0  # mixup alpha: pairs mixed with lam ~ Beta(alpha, alpha) (MiSLAS: 0.2 ImageNet-LT); 0: off
     epochs: int = 90  # passes of n samples each (n = training-set size)
     seed: int = 0  # model init, sampling and augmentation
     train_preset: str = "imagenet_train"  # presets.PRESETS name for training
@@ -79,6 +80,9 @@ def validate(config: TrainConfig) -> None:
     for name, value in config.loss_params.items():
         if not isinstance(value, (bool, int, float)) or value != value or value in (float("inf"), float("-inf")):
             raise ValueError(f"loss parameter {name}={value!r} must be a finite number or true/false")
+    if isinstance(config.mixup, bool) or not isinstance(config.mixup, (int, float)) or not 0 <= config.mixup <= 10:
+        raise ValueError(f"mixup must be a number in [0, 10] (alpha of Beta(alpha, alpha); 0: off), "
+                         f"got {config.mixup!r}")
     if not 0 <= config.ckpt_minutes <= 10080:  # NaN fails this too
         raise ValueError(f"ckpt_minutes must be in [0, 10080], got {config.ckpt_minutes}")
     if not 0 < config.grace_seconds <= 86400:

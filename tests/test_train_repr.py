@@ -259,3 +259,13 @@ def test_stage1_trains_the_configured_loss(shards, tmp_path):
     ce = first_step_loss(shards, tmp_path / "ce", "--loss", "ce")
     focal = first_step_loss(shards, tmp_path / "focal", "--loss", "focal", "--loss-param", "gamma=2")
     assert 0 < focal < 0.9 * ce, (ce, focal)
+
+
+def test_stage1_mixup_mixes_the_batches_and_is_recorded(shards, tmp_path):
+    """Same seed, so the same first batch and initial weights: with --mixup 1.0 the first step sees mixed
+    images against two labels each, so its loss differs from the plain run's; config.json records alpha."""
+    plain = first_step_loss(shards, tmp_path / "plain")
+    mixed = first_step_loss(shards, tmp_path / "mixed", "--mixup", "1.0")
+    assert mixed != pytest.approx(plain, rel=1e-3), (plain, mixed)
+    assert json.loads((tmp_path / "mixed" / "config.json").read_text())["train"]["mixup"] == 1.0
+    assert json.loads((tmp_path / "plain" / "config.json").read_text())["train"]["mixup"] == 0.0

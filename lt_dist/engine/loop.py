@@ -8,17 +8,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from lt_dist.metrics import group_accuracy
+from lt_dist.mixup import mix_batch, mixup_draw, mixup_loss, mixup_seed
 from lt_dist.progress import Progress
 
 
 def train_one_epoch(engine, loader, loss_fn, *, epoch: int, num_epochs: int, log_every: int,
-                    on_log: Callable[[dict], None], on_step: Callable[[], None], show_progress: bool) -> dict:
+                    on_log: Callable[[dict], None], on_step: Callable[[], None], show_progress: bool,
+                    mixup_alpha: float = 0.0, seed: int = 0, rank: int = 0) -> dict:
     """Train over the rest of the loader's current epoch.
 
     Args:
         engine: DeepSpeed engine; loader: BalancedLoader (positioned by its state);
         on_log: called with a dict of step metrics every log_every optimizer steps;
-        on_step: called after every optimizer step (checkpoints hook in here).
+        on_step: called after every optimizer step (checkpoints hook in here);
+        mixup_alpha: > 0 mixes each batch (lt_dist/mixup.py), drawn from (seed, epoch, rank, batch index).
     Returns:
         epoch summary: mean loss, images/s, data-wait fraction.
     """
@@ -44,7 +47,12 @@ def train_one_epoch(engine, loader, loss_fn, *, epoch: int, num_epochs: int, log
             break
         images, labels = batch[0].to(engine.device, dtype), batch[1].to(engine.device)
         step_before = engine.global_steps
-        loss = loss_fn(engine(images), labels)
+        if mixup_alpha > 0:  # the loader counted this batch already: its index is batches_done - 1
+            lam, perm = mixup_draw(mixup_alpha, len(labels), mixup_seed(seed, epoch, rank, loader.batches_done - 1))
+            mixed, labels_a, labels_b = mix_batch(images, labels, lam, perm)
+            loss = mixup_loss(loss_fn, engine(mixed), labels_a, labels_b, lam)
+        else:
+            loss = loss_fn(engine(images), labels)
         engine.backward(loss)
         engine.step()
         loss_sum += loss.detach().float().cpu()

@@ -210,7 +210,8 @@ def _train_and_test(config: TrainConfig, ds_config: dict, facts: dict, world: Wo
         train_loader.set_epoch(epoch)
         summary = train_one_epoch(engine, train_loader, loss_fn, epoch=epoch, num_epochs=config.epochs,
                                   log_every=config.log_every, show_progress=world.is_main and config.progress, on_step=on_step,
-                                  on_log=lambda values: logger.log("train", engine.global_steps, **values))
+                                  on_log=lambda values: logger.log("train", engine.global_steps, **values),
+                                  mixup_alpha=config.mixup, seed=config.seed, rank=world.rank)
         metrics = evaluate(engine.module, val_loader, num_classes, counts, engine.device)
         scores = {key: metrics[key] for key in ("all", "many", "medium", "few")}
         logger.log("epoch", engine.global_steps, **summary, **{f"val_{k}": v for k, v in scores.items()})
