@@ -55,7 +55,7 @@ demo: setup demo-data
 		--class-names @shards/fashion-mnist.classes --workers 2
 	$(BIN)/lt_dist verify $(DEMO_SHARDS)
 	$(BIN)/lt_dist stats $(DEMO_SHARDS) --plot $(DEMO_SHARDS)/class_counts.png
-	DS_ACCELERATOR=cpu $(BIN)/deepspeed --quiet --num_gpus 2 launch/train_repr.py --ds_config launch/ds_demo.json \
+	$(BIN)/lt_dist launch --num_gpus 2 launch/train_repr.py --ds_config launch/ds_demo.json \
 		--data $(DEMO_SHARDS) --out $(DEMO_RUN) --arch resnet10 --small-input \
 		--train-preset small_train --eval-preset small_eval --image-size 28 \
 		--epochs $(DEMO_EPOCHS) --sampler instance --decoder dali --workers 1 --log-every 10 \

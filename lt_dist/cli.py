@@ -7,6 +7,7 @@ import sys
 
 from lt_dist import __version__
 from lt_dist.commands import data as data_commands
+from lt_dist.commands import launch as launch_commands
 from lt_dist.commands import model as model_commands
 from lt_dist.commands import report as report_commands
 from lt_dist.commands import shards as shard_commands
@@ -23,6 +24,7 @@ EPILOG = """examples:
   lt_dist export --run runs/demo --results results/demo --method lws --out model/ --format onnx
   lt_dist evaluate model/ --data shards/fmnist_lt --split test
   lt_dist predict model/ --folder photos/ --top-k 5 --out preds.csv
+  lt_dist launch --num_gpus 2 launch/train_repr.py --ds_config launch/ds.json --data shards/fmnist_lt ...
 """
 
 
@@ -39,13 +41,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     data_commands.add_parsers(subparsers)
     report_commands.add_parsers(subparsers)
     model_commands.add_parsers(subparsers)
+    launch_commands.add_parsers(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lt_dist` console script; returns the exit status."""
     parser = get_args_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["launch"] and argv[1:2] not in (["-h"], ["--help"]):
+        # everything after `launch` is DeepSpeed's (its options come first, argparse would claim them)
+        args = argparse.Namespace(command="launch", deepspeed_args=argv[1:], run=launch_commands.run_launch)
+    else:
+        args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except UserInputError as error:

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from conftest import REPO
-from launchers import (assert_same_weights, build_tiny_dataset, environment, final_weights, finish, free_port,
+from launchers import (BIN, assert_same_weights, build_tiny_dataset, environment, final_weights, finish, free_port,
                        start_ranks, train_args)
 from lt_dist.engine.ckpt_clock import CheckpointClock
 from lt_dist.engine.preempt import EXIT_INTERRUPTED
@@ -92,6 +92,28 @@ def test_ctrl_c_checkpoints_says_how_to_resume_and_a_finished_resume_exits_0(tin
                                 "--resume"], 1, free_port()))
     assert "already finished its 1 epochs" in again[0]
     assert (run / "test_metrics.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.timeout(900)
+def test_ctrl_c_under_lt_dist_launch_checkpoints_on_both_ranks_and_exits_130_without_a_traceback(tiny, tmp_path):
+    """`lt_dist launch` runs DeepSpeed's runner in its own session: the terminal's SIGINT reaches
+    the wrapper only, which hands it to the two ranks; DeepSpeed's launcher then exits 130 quietly."""
+    run = tmp_path / "launched"
+    args = train_args(tiny, run, "--epochs", 1, "--seed", 7)
+    wrapper = subprocess.Popen([str(BIN / "lt_dist"), "launch", "--num_gpus", "2", "--master_port", str(free_port()),
+                                *args], cwd=REPO,
+                               env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(lambda: train_steps_logged(run) >= 2, [wrapper])
+    wrapper.send_signal(signal.SIGINT)
+    output, _ = wrapper.communicate(timeout=600)
+    assert wrapper.returncode == EXIT_INTERRUPTED, output[-4000:]
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-4000:]
+    assert "CUDA_VISIBLE_DEVICES" not in output and "Setting accelerator" not in output, output[-4000:]
+    said = [line for line in output.splitlines() if "--resume" in line]
+    assert len(said) == 1 and "train_repr: interrupted at step " in said[0], output[-4000:]
+    tag = (run / "checkpoints" / "latest").read_text().strip()
+    parts = sorted(p.name for p in (run / "checkpoints" / tag).glob("zero_pp_rank_*"))
+    assert tag.endswith("-mid") and len(parts) == 2, parts  # both ranks saved at the one agreed step
 
 
 @pytest.mark.slow
