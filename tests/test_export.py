@@ -23,7 +23,8 @@ from lt_dist.stage2.types import FeatureSplit, StageOneClassifier
 
 TRIALS = [("joint", {}), ("ncm", {"metric": "l2"}), ("ncm", {"metric": "cos"}), ("tau_norm", {"tau": 0.0}),
           ("tau_norm", {"tau": 1.0}), ("lws", {"epochs": 3}), ("crt", {"epochs": 3}),
-          ("learned_tau", {"epochs": 2}), ("cosine", {"epochs": 2})]
+          ("learned_tau", {"epochs": 2}), ("cosine", {"epochs": 2}), ("logit_adjust", {"tau": 1.0}),
+          ("disalign", {"epochs": 2})]
 NAMES = ["shirt", "bag", "boot"]
 ONNX_ATOL = 1e-4  # ONNX Runtime vs torch on the CPU: different conv kernels, logits of size ~1
 SCRIPT_ATOL = 1e-5  # TorchScript runs torch's own kernels
@@ -93,7 +94,7 @@ def test_the_search_saves_every_chosen_head(tiny):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
-@pytest.mark.parametrize("method", ["lws", "ncm"])
+@pytest.mark.parametrize("method", ["lws", "ncm", "logit_adjust", "disalign"])  # plain, float64, shifted, gated heads
 def test_exported_formats_match_torch_and_the_stage2_logits(tiny, method, capsys):
     import onnxruntime
 

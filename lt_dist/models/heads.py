@@ -7,7 +7,7 @@ built from the tensors the search saves (results/NAME/heads/<method>.safetensors
                  (W holds the effective rows: tau-normalised or scaled by LWS's f_j)
     NCMHead      -||x~ - m_j||^2 or cos(x~, m_j), x~ = (f - mean) / ||f - mean||   ncm
     CosineHead   s * cos(f, w_j)                 cosine
-    AdjustedHead z - a_j, z from a linear or cosine head                       logit_adjust
+    AdjustedHead z - a_j, z = f W^T + b or s cos(f, w_j)                      logit_adjust
     DisAlignHead (1 - sigma) z + sigma (s_j z_j + t_j), sigma = sigmoid(g . f + c)   disalign
 HEADS maps a method name to its builder: build_head(method, tensors, options) -> nn.Module.
 Pure torch: no stage-2, Ray or DeepSpeed import, so a packaged model loads without them.
@@ -84,39 +84,54 @@ class CosineHead(nn.Module):
         return self.scale * (_l2_rows(features.float()) @ _l2_rows(self.weight).T)
 
 
-class AdjustedHead(nn.Module):
-    """logits = base(f) - adjustment_j (post-hoc logit adjustment: tau log pi_j). Saved tensors: the base's
+class _OnJointLogits(nn.Module):
+    """Base of the heads that transform the joint classifier's logits z. It holds that classifier's tensors
+    under their saved names (weight, and bias for a linear head or scale for a cosine one), so a packaged
+    model's state dict rebuilds through build_head like the plain heads'."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        super().__init__()
+        self.weight = nn.Parameter(tensors["weight"].detach().float().clone(), requires_grad=False)
+        cosine = "scale" in tensors and "bias" not in tensors  # _linear's rule: a cosine stage-1 head
+        self.bias = (None if "bias" not in tensors
+                     else nn.Parameter(tensors["bias"].detach().float().clone(), requires_grad=False))
+        self.register_buffer("scale", tensors["scale"].detach().float().reshape(-1).clone() if cosine else None)
+
+    def joint_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (N, C): f W^T (+ b), or s cos(f, w_j) for a cosine head (as LinearHead, CosineHead)."""
+        if self.scale is not None:
+            return self.scale * (_l2_rows(features.float()) @ _l2_rows(self.weight).T)
+        logits = features.float() @ self.weight.T
+        return logits if self.bias is None else logits + self.bias
+
+
+class AdjustedHead(_OnJointLogits):
+    """logits = z - adjustment_j (post-hoc logit adjustment: tau log pi_j). Saved tensors: the joint head's
     (weight with bias, or weight with scale for a cosine stage-1 head) and adjustment (C,)."""
 
-    def __init__(self, base: nn.Module, adjustment: torch.Tensor):
-        super().__init__()
-        self.base = base
-        self.register_buffer("adjustment", adjustment.detach().float().reshape(-1).clone())
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        super().__init__(tensors)
+        self.register_buffer("adjustment", tensors["adjustment"].detach().float().reshape(-1).clone())
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(N, D) -> (N, C) float32."""
-        return self.base(features) - self.adjustment
+        return self.joint_logits(features) - self.adjustment
 
 
-class DisAlignHead(nn.Module):
-    """DisAlign: (1 - sigma) z + sigma (s_j z_j + t_j), z = base(f), sigma = sigmoid(g . f + c) (N, 1).
+class DisAlignHead(_OnJointLogits):
+    """DisAlign: (1 - sigma) z + sigma (s_j z_j + t_j), sigma = sigmoid(g . f + c) (N, 1). Saved tensors: the
+    joint head's, align_scale (C,) s, align_shift (C,) t, gate_weight (D,) g, gate_bias (1,) c."""
 
-    Saved tensors: the base's, align_scale (C,) s, align_shift (C,) t, gate_weight (D,) g, gate_bias (1,) c.
-    """
-
-    def __init__(self, base: nn.Module, scale: torch.Tensor, shift: torch.Tensor, gate_weight: torch.Tensor,
-                 gate_bias: torch.Tensor):
-        super().__init__()
-        self.base = base
-        for name, value in (("scale", scale), ("shift", shift), ("gate_weight", gate_weight),
-                            ("gate_bias", gate_bias)):
-            self.register_buffer(name, value.detach().float().reshape(-1).clone())
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        super().__init__(tensors)
+        for name in ("align_scale", "align_shift", "gate_weight", "gate_bias"):
+            self.register_buffer(name, tensors[name].detach().float().reshape(-1).clone())
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(N, D) -> (N, C) float32."""
-        logits = self.base(features)
+        logits = self.joint_logits(features)
         gate = torch.sigmoid(features.float() @ self.gate_weight + self.gate_bias)[:, None]
-        return (1.0 - gate) * logits + gate * (self.scale * logits + self.shift)
+        return (1.0 - gate) * logits + gate * (self.align_scale * logits + self.align_shift)
 
 
 def _linear(tensors: dict[str, torch.Tensor], options: dict) -> nn.Module:
@@ -135,12 +150,11 @@ def _cosine(tensors: dict[str, torch.Tensor], options: dict) -> CosineHead:
 
 
 def _adjusted(tensors: dict[str, torch.Tensor], options: dict) -> AdjustedHead:
-    return AdjustedHead(_linear(tensors, options), tensors["adjustment"])
+    return AdjustedHead(tensors)
 
 
 def _disalign(tensors: dict[str, torch.Tensor], options: dict) -> DisAlignHead:
-    return DisAlignHead(_linear(tensors, options), tensors["align_scale"], tensors["align_shift"],
-                        tensors["gate_weight"], tensors["gate_bias"])
+    return DisAlignHead(tensors)
 
 
 # The registry: stage-2 method -> builder(tensors, options) -> head module.
