@@ -4,6 +4,7 @@ Each is started by a test, logs every request to a file the test reads, and is
 stopped by the PID it started."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 START_TIMEOUT_S = 60.0  # a loaded 2-core machine can be slow to start a server
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/bin/nginx")
@@ -137,32 +139,44 @@ http {{
         return requests_in(self.access_log)
 
 
-class MotoS3:
-    """moto's standalone S3 server (`moto_server`) on 127.0.0.1:port; its request log
-    (werkzeug's, on stderr) goes to workdir/moto.log."""
+@contextlib.contextmanager
+def nginx_serving(workdir: Path) -> Iterator["Nginx"]:
+    """nginx on 127.0.0.1 over a fresh, empty served folder for the block; stopped and the
+    folder removed after. The caller checks nginx_binary() first."""
+    root = served_folder()
+    server = Nginx(root, workdir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def publish(dataset: Path, server: "Nginx", name: str) -> str:
+    """Copy a packed dataset folder to server.root/NAME/ds (readable by nginx's workers); its URL."""
+    shutil.copytree(dataset, server.root / name / "ds")
+    subprocess.run(["chmod", "-R", "a+rX", str(server.root)], check=True)
+    return f"{server.url}/{name}/ds"
+
+
+class _ServerProcess:
+    """A test server run as our own subprocess on 127.0.0.1:port, its output in workdir/LOG_NAME."""
+
+    LOG_NAME = "server.log"
 
     def __init__(self, workdir: Path):
         self.workdir = Path(workdir)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = self.workdir / "moto.log"
+        self.log = self.workdir / self.LOG_NAME
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "MotoS3":
+    def _spawn(self, command: list[str]) -> None:
+        """Start `command` (its request log on stdout/stderr) and wait until the port answers."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        binary = Path(sys.executable).with_name("moto_server")
-        command = [str(binary)] if binary.exists() else [sys.executable, "-m", "moto.server"]
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([*command, "-H", "127.0.0.1", "-p", str(self.port)],
-                                            stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
         wait_for_port(self.port, alive=lambda: self.process.poll() is None)
-        return self
-
-    def env(self) -> dict[str, str]:
-        """Environment for any AWS client (s3fs, boto3) to use this server."""
-        return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.url,
-                "AWS_EC2_METADATA_DISABLED": "true"}
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -177,6 +191,25 @@ class MotoS3:
         return requests_in(self.log)
 
 
+class MotoS3(_ServerProcess):
+    """moto's standalone S3 server (`moto_server`) on 127.0.0.1:port; its request log
+    (werkzeug's, on stderr) goes to workdir/moto.log."""
+
+    LOG_NAME = "moto.log"
+
+    def start(self) -> "MotoS3":
+        binary = Path(sys.executable).with_name("moto_server")
+        command = [str(binary)] if binary.exists() else [sys.executable, "-m", "moto.server"]
+        self._spawn([*command, "-H", "127.0.0.1", "-p", str(self.port)])
+        return self
+
+    def env(self) -> dict[str, str]:
+        """Environment for any AWS client (s3fs, boto3) to use this server."""
+        return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.url,
+                "AWS_EC2_METADATA_DISABLED": "true"}
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -186,26 +219,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-class GcsEmulator:
+class GcsEmulator(_ServerProcess):
     """gcp-storage-emulator (a GCS JSON-API server) on 127.0.0.1:port, in memory; its
     request log (http.server's, on stderr) goes to workdir/gcs.log. Clients find it by
     STORAGE_EMULATOR_HOST (env()), which gcsfs reads itself."""
 
-    def __init__(self, workdir: Path):
-        self.workdir = Path(workdir)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = self.workdir / "gcs.log"
-        self.process: subprocess.Popen | None = None
+    LOG_NAME = "gcs.log"
 
     def start(self) -> "GcsEmulator":
-        self.workdir.mkdir(parents=True, exist_ok=True)
         binary = Path(sys.executable).with_name("gcp-storage-emulator")
         command = [str(binary)] if binary.exists() else [sys.executable, "-m", "gcp_storage_emulator"]
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([*command, "start", "-H", "127.0.0.1", "--port", str(self.port),
-                                             "--no-store-on-disk"], stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
-        wait_for_port(self.port, alive=lambda: self.process.poll() is None)
+        self._spawn([*command, "start", "-H", "127.0.0.1", "--port", str(self.port), "--no-store-on-disk"])
         return self
 
     def env(self) -> dict[str, str]:
@@ -222,15 +246,3 @@ class GcsEmulator:
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=START_TIMEOUT_S) as response:
             response.read()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=START_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def requests(self) -> list[tuple[str, str, int]]:
-        return requests_in(self.log)

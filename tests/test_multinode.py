@@ -4,14 +4,13 @@ The 4-rank single-launcher run is the reference: the same ranks see the same sam
 the two-node runs must end with the same weights.
 """
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
-from servers import Nginx, nginx_binary, served_folder
+from servers import nginx_binary, nginx_serving, publish
 from launchers import (BIN, assert_same_weights, build_tiny_dataset, deepspeed_node, deepspeed_one_node,
                        environment, final_weights, finish, free_port, train_args)
 
@@ -49,20 +48,17 @@ def www(tmp_path):
     if nginx_binary() is None:
         pytest.skip("nginx is not installed: `make test` installs Debian's package nginx as root "
                     "(apt-get install nginx)")
-    root = served_folder()
-    server = Nginx(root, tmp_path / "nginx").start()
-    yield server
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    with nginx_serving(tmp_path / "nginx") as server:
+        yield server
 
 
 @pytest.mark.timeout(1800)  # several launches; generous for a loaded machine
 def test_deepspeed_no_ssh_two_nodes_match_four_ranks_on_one_node(tiny, one_node_run, www, tmp_path):
     """The two nodes read the dataset by URL, each through its own node cache (LT_DIST_NODE_ID)."""
-    shutil.copytree(tiny / "ds", www.root / "ds")
+    url = publish(tiny / "ds", www, "multinode")
     run, hostfile, port = tmp_path / "run", write_hostfile(tmp_path / "hostfile"), free_port()
     args = train_args(tiny, run, *COMMON, "--cache-dir", tmp_path / "cache")
-    args[args.index("--data") + 1] = f"{www.url}/ds"
+    args[args.index("--data") + 1] = url
     nodes = [deepspeed_node(args, hostfile, node, port, env={"LT_DIST_NODE_ID": f"node-{node}"}) for node in (0, 1)]
     outputs = finish(nodes)
     assert "nnodes=2, num_local_procs=2, node_rank=1" in outputs[1]
@@ -84,8 +80,8 @@ def test_deepspeed_no_ssh_two_nodes_match_four_ranks_on_one_node(tiny, one_node_
     for method, path, status in www.requests():  # (404s are probes: is /ds itself a split?)
         if method == "GET" and status == 200 and (path.endswith(".tar") or path.endswith("manifest.parquet")):
             gets[path] = gets.get(path, 0) + 1
-    train = [f"/ds/train/{p.name}" for p in (tiny / "ds" / "train").glob("*.tar")]
-    assert train and all(gets.get(path) == 2 for path in train + ["/ds/train/manifest.parquet"]), gets
+    train = [f"/multinode/ds/train/{p.name}" for p in (tiny / "ds" / "train").glob("*.tar")]
+    assert train and all(gets.get(path) == 2 for path in train + ["/multinode/ds/train/manifest.parquet"]), gets
     assert max(gets.values()) == 2, gets
     for node in ("node-0", "node-1"):
         cached = {p.name for p in (tmp_path / "cache" / node).rglob("*.tar")}

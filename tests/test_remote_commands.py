@@ -8,8 +8,6 @@ HTTP from nginx on 127.0.0.1 against the same dataset on disk:
 """
 import csv
 import json
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ from lt_dist.cli import main
 from lt_dist.engine.checkpoint import save_best_model
 from lt_dist.models.resnet import build_model
 from lt_dist.stage2.store import load_features
-from servers import Nginx, nginx_binary, served_folder
+from servers import nginx_binary, nginx_serving, publish
 
 needs_nginx = pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed: `make test` installs "
                                  "Debian's package nginx as root (apt-get install nginx)")
@@ -49,11 +47,8 @@ def packed(tmp_path_factory):
 @pytest.fixture(scope="module")
 def www(tmp_path_factory):
     """nginx serving a fresh folder; each test copies the dataset to www/<its name>/ds."""
-    root = served_folder()
-    server = Nginx(root, tmp_path_factory.mktemp("nginx")).start()
-    yield server
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    with nginx_serving(tmp_path_factory.mktemp("nginx")) as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)
@@ -65,10 +60,8 @@ def cache(tmp_path, monkeypatch):
 
 
 def serve(packed, server, name: str) -> str:
-    """Copy the packed dataset under the server's root; returns its URL."""
-    shutil.copytree(packed / "ds", server.root / name / "ds")
-    subprocess.run(["chmod", "-R", "a+rX", str(server.root)], check=True)
-    return f"{server.url}/{name}/ds"
+    """The packed dataset under the server's root as NAME/ds; its URL."""
+    return publish(packed / "ds", server, name)
 
 
 def gets(server, prefix: str) -> list[str]:

@@ -23,7 +23,7 @@ from lt_dist.data.sampler import SamplerConfig
 from lt_dist.dist import World
 from lt_dist.errors import UserInputError
 from lt_dist.shards.manifest import resolve_split
-from servers import MotoS3, Nginx, nginx_binary, served_folder
+from servers import MotoS3, Nginx, nginx_binary, nginx_serving, publish
 
 needs_nginx = pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed: `make test` installs "
                                  "Debian's package nginx as root (apt-get install nginx)")
@@ -40,13 +40,12 @@ def packed(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def www(packed, tmp_path_factory):
-    """nginx serving www/; tests copy the dataset to www/<their name>/ds."""
-    root = served_folder()
-    server = Nginx(root, tmp_path_factory.mktemp("nginx")).start() if nginx_binary() else None
-    yield server
-    if server is not None:
-        server.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    """nginx serving a fresh folder; tests copy the dataset to it with serve()."""
+    if nginx_binary() is None:
+        yield None
+        return
+    with nginx_serving(tmp_path_factory.mktemp("nginx")) as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)
@@ -57,10 +56,8 @@ def cache(tmp_path, monkeypatch):
 
 
 def serve(packed, server, name: str) -> str:
-    """Copy the packed dataset under the server's root; returns its URL."""
-    shutil.copytree(packed / "ds", server.root / name / "ds")
-    subprocess.run(["chmod", "-R", "a+rX", str(server.root)], check=True)
-    return f"{server.url}/{name}/ds"
+    """The packed dataset under the server's root as NAME/ds; its URL."""
+    return publish(packed / "ds", server, name)
 
 
 def shard_gets(server, prefix: str) -> dict[str, int]:
