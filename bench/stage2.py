@@ -31,7 +31,8 @@ except ImportError:  # run as a script: python bench/stage2.py
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COUNTS = os.path.join(REPO, "..", "shared", "data", "lt-splits", "ImageNet_LT_train_class_counts.json")
-TRAINED = ("crt", "lws", "learned_tau", "cosine")  # methods with epochs
+TRAINED = ("crt", "lws", "learned_tau", "cosine", "balanced_softmax", "label_aware_smoothing", "wb",
+           "disalign")  # methods with epochs
 TAUS = [round(0.1 * i, 1) for i in range(21)]  # the official grid 0.0 .. 2.0
 EVAL_PER_CLASS = {"val": 20, "test": 50}
 CHUNK = 16384  # rows generated at once
