@@ -143,17 +143,24 @@ def ray_search(args, work: str) -> list[list]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True, help="packed shards (e.g. shards/demo from `make demo`)")
+    parser.add_argument("--data", help="packed shards (e.g. shards/demo from `make demo`); needed for stage 1")
     parser.add_argument("--ranks", type=int, default=2, help="ranks of the interrupted run (default: %(default)s)")
     parser.add_argument("--batch", type=int, default=32, help="train_batch_size (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=2, help="epochs of the run (default: %(default)s)")
     parser.add_argument("--features", help="features/NAME: also time the Ray search on 1 and 2 nodes")
+    parser.add_argument("--parts", choices=("all", "stage1", "search"), default="all",
+                        help="what to measure (default: %(default)s; search needs --features)")
     args = parser.parse_args(argv)
+    if args.parts != "search" and not args.data:
+        parser.error("--data is needed to measure stage 1 (or pass --parts search)")
+    if args.parts == "search" and not args.features:
+        parser.error("--parts search needs --features")
     work = tempfile.mkdtemp(prefix="scaleout-")
     try:
-        stage1 = preempt_and_resume(args, work)
-        print(markdown_table(["what", "ranks", "seconds", "checkpoint MB"], stage1))
-        search = ray_search(args, work) if args.features else []
+        stage1 = preempt_and_resume(args, work) if args.parts != "search" else []
+        if stage1:
+            print(markdown_table(["what", "ranks", "seconds", "checkpoint MB"], stage1))
+        search = ray_search(args, work) if args.features and args.parts != "stage1" else []
         if search:
             print(markdown_table(["Ray cluster", "wall s", "trials", "overhead s/trial"], search))
     finally:
