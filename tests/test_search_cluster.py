@@ -97,3 +97,19 @@ def test_losing_the_worker_node_mid_search_still_finishes_every_trial(two_node_c
     output, _ = search.communicate(timeout=900)
     assert search.returncode == 0, output[-4000:]
     assert len(pq.read_table(out / "trials.parquet")) == 4
+
+
+@pytest.mark.timeout(1800)  # two Ray starts; generous for a loaded machine
+def test_without_address_the_search_starts_its_own_ray_beside_a_running_cluster(two_node_cluster, tmp_path):
+    """A cluster on this machine (Ray notes its address in /tmp/ray/ray_current_cluster, as `ray start` and
+    ray.cluster_utils do) is not joined, nor refused with Ray's 'num_cpus must not be provided', without --address."""
+    features, out = write_features(tmp_path / "features"), tmp_path / "results"
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    result = subprocess.run([sys.executable, str(SCRIPT), "--features", str(features), "--out", str(out),
+                             "--num-cpus", "1", "--methods", "ncm,tau_norm", "--taus", "0,1"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    trials = pq.read_table(out / "trials.parquet").to_pylist()
+    assert len(trials) == 2 + 2
+    nodes = {node.node_id for node in two_node_cluster.list_all_nodes()}
+    assert not {trial["ray_node_id"] for trial in trials} & nodes

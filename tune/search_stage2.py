@@ -286,8 +286,8 @@ def run_search(args, trials: list[dict], out: str) -> list[dict]:
                      logging_level=logging.INFO if args.verbose else logging.ERROR)
         except ConnectionError as error:
             raise UserInputError(f"cannot join Ray at {args.address!r}: {error}") from None
-    else:
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
+    else:  # "local": a new Ray of our own, never a cluster some other job left in /tmp/ray/ray_current_cluster
+        ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.INFO if args.verbose else logging.ERROR)
     if not args.verbose:  # Tune's "wrote result files" and start-up notes; the trial lines say what matters
         logging.getLogger("ray").setLevel(logging.ERROR)
