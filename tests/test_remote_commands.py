@@ -18,7 +18,8 @@ from lt_dist.cli import main
 from lt_dist.engine.checkpoint import save_best_model
 from lt_dist.models.resnet import build_model
 from lt_dist.stage2.store import load_features
-from servers import nginx_binary, nginx_serving, publish
+from servers import nginx_binary, nginx_serving
+from test_remote_data import cache, serve  # noqa: F401 (cache: an autouse fixture, a node cache per test)
 
 needs_nginx = pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed: `make test` installs "
                                  "Debian's package nginx as root (apt-get install nginx)")
@@ -49,19 +50,6 @@ def www(tmp_path_factory):
     """nginx serving a fresh folder; each test copies the dataset to www/<its name>/ds."""
     with nginx_serving(tmp_path_factory.mktemp("nginx")) as server:
         yield server
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    """A node cache of the test's own (monkeypatch also undoes what export_storage_flags sets)."""
-    monkeypatch.setenv("LT_DIST_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("LT_DIST_RETRIES", "8")
-    return tmp_path / "cache"
-
-
-def serve(packed, server, name: str) -> str:
-    """The packed dataset under the server's root as NAME/ds; its URL."""
-    return publish(packed / "ds", server, name)
 
 
 def gets(server, prefix: str) -> list[str]:

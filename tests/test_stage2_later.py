@@ -13,43 +13,13 @@ from lt_dist.stage2 import later, training
 from lt_dist.stage2.heads import AdjustedPredictor, CosinePredictor, DisAlignPredictor, LinearPredictor
 from lt_dist.stage2.methods import DEFAULT_PARAMS, METHODS, SEARCH_SPACE, fit_method, resolve_params
 from lt_dist.stage2.select import evaluate_logits
-from lt_dist.stage2.training import TrainConfig, train_head, uniform_init
 from lt_dist.stage2.types import FeatureSplit, StageOneClassifier
+from stage2_blobs import COUNTS as BLOB_COUNTS
+from stage2_blobs import DIM, blobs, joint, test_split, train  # noqa: F401 (fixtures)
 
-COUNTS = np.array([500, 200, 50, 10, 5])  # many, many, medium, few, few
-DIM = 16
+COUNTS = np.array(BLOB_COUNTS)  # many, many, medium, few, few
 LATER = ("logit_adjust", "balanced_softmax", "label_aware_smoothing", "wb", "disalign")
 TRAINED = ("balanced_softmax", "label_aware_smoothing", "wb", "disalign")
-
-
-def blobs(counts, seed: int) -> FeatureSplit:
-    """Gaussian blobs with unit noise around fixed class means (the same means for every split)."""
-    means = np.random.default_rng(0).normal(size=(len(counts), DIM))
-    labels = np.repeat(np.arange(len(counts)), counts)
-    noise = np.random.default_rng(seed).normal(size=(len(labels), DIM))
-    return FeatureSplit((means[labels] + noise).astype(np.float32), labels)
-
-
-@pytest.fixture(scope="module")
-def train() -> FeatureSplit:
-    return blobs(COUNTS, seed=1)
-
-
-@pytest.fixture(scope="module")
-def test_split() -> FeatureSplit:
-    return blobs([200] * len(COUNTS), seed=2)
-
-
-@pytest.fixture(scope="module")
-def joint(train) -> StageOneClassifier:
-    """A linear stage-1 classifier from instance-balanced cross-entropy: biased towards the head."""
-    generator = torch.Generator().manual_seed(0)
-    weight = uniform_init((len(COUNTS), DIM), DIM, generator).requires_grad_()
-    bias = uniform_init((len(COUNTS),), DIM, generator).requires_grad_()
-    config = TrainConfig(epochs=30, batch_size=64, lr=0.2, strategy="instance")
-    train_head([{"params": [weight, bias], "weight_decay": 5e-4}], lambda x: x @ weight.T + bias,
-               train, len(COUNTS), config, seed=0)
-    return StageOneClassifier(weight.detach().numpy(), bias.detach().numpy(), COUNTS)
 
 
 @pytest.fixture(scope="module")
