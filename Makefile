@@ -18,7 +18,7 @@ DEMO_EPOCHS ?= 20
 # Where DeepSpeed caches its JIT-compiled ops between runs.
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 
-.PHONY: help setup demo-data browser nginx demo test test-all mutation bench bench-remote bench-fashion-lt gpu-wheels clean
+.PHONY: help setup demo-data browser nginx demo test test-all mutation bench bench-remote bench-fashion-lt bench-pipeline gpu-wheels clean
 
 help:
 	@echo "make demo   set up, then the whole pipeline on Fashion-MNIST-LT: pack, stage 1 with"
@@ -28,6 +28,7 @@ help:
 	@echo "make mutation   mutation testing of the pure maths modules (MUTANTS='lt_dist.losses*' for one)"
 	@echo "make bench  run the benchmarks under bench/ (tables + bench/results/*.json)"
 	@echo "make bench-fashion-lt   the seeds x samplers table of the README (about an hour)"
+	@echo "make bench-pipeline   where stage 1's time goes: step, loop part by part, real run, extract (QUICK=1: short)"
 	@echo "make gpu-wheels   what bench/gpu_check.py needs on a bare GPU machine, in gpu-wheels/"
 
 setup: $(VENV)/.installed-$(EXTRAS)
@@ -121,6 +122,14 @@ bench-remote: setup demo-data nginx
 # About an hour on 2 cores: the demo pipeline over 3 seeds and 4 stage-1 samplers/losses.
 bench-fashion-lt: setup demo-data
 	$(BIN)/python bench/fashion_lt.py --epochs 12
+
+# Where stage 1's time goes (issue 13): the plain and DeepSpeed steps, the real loop one part at a
+# time, the demo's stage 1 read from its log.jsonl, and extract against the forward pass, on the
+# demo's shards (`make demo` packs them). 11.5 minutes with another job holding one of the 2
+# cores (QUICK=1: 4.3 there, about 2.5 on quiet cores).
+bench-pipeline: setup
+	@test -f $(DEMO_SHARDS)/train/manifest.parquet || { echo "bench-pipeline reads the demo's shards: run make demo first"; exit 1; }
+	$(BIN)/python bench/pipeline.py $(if $(QUICK),--quick)
 
 # What a bare GPU machine (Python 3.12 with torch, numpy, tqdm; no network) lacks for
 # bench/gpu_check.py, as Python 3.12 manylinux x86_64 wheels in gpu-wheels/ (ignored by
