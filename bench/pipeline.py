@@ -43,7 +43,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -52,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 try:
     from bench.common import markdown_table, write_results
@@ -187,7 +190,7 @@ class BatchSource:
     def take(self, batches: int) -> "Slice":
         if self._iterator is None or self._left < batches:
             if self._iterator is not None:
-                self._iterator.close()  # the epoch's worker and DALI pipeline stop here
+                self.close()
             self._epoch += 1
             self.loader.set_epoch(self._epoch % DEMO_EPOCHS)
             started = time.perf_counter()
@@ -197,6 +200,12 @@ class BatchSource:
             self._left = len(self.loader)
         self._left -= batches
         return Slice(self, batches)
+
+    def close(self) -> None:
+        """End the current epoch: its DataLoader worker and DALI pipeline stop."""
+        if self._iterator is not None:
+            self._iterator.close()
+            self._iterator = self._first = None
 
     def next_batch(self):
         if self._first is not None:
@@ -230,6 +239,7 @@ def worker(args) -> None:
 
     from lt_dist.quiet import quiet_startup
 
+    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated")  # as train_repr.py
     quiet_startup(False)
     import torch
     import torch.distributed as dist
@@ -377,6 +387,11 @@ def worker(args) -> None:
                   "other_load": other}
         with open(args.worker, "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=1)
+    for source in sources.values():  # the loader workers end with their epochs, not orphaned by _exit
+        source.close()
+    gc.collect()
+    for child in multiprocessing.active_children():
+        child.join(timeout=10)
     dist.barrier()
     sys.stdout.flush()
     sys.stderr.flush()
