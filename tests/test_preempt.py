@@ -101,6 +101,26 @@ def test_sigterm_to_one_rank_stops_both_at_one_step_and_resume_is_bit_identical(
     assert_same_weights(final_weights(tmp_path / "straight"), final_weights(run))
 
 
+@pytest.mark.timeout(900)
+def test_sigterm_to_every_process_with_loader_workers_still_checkpoints(tiny, tmp_path):
+    # Slurm's time limit signals every process, the ranks' DataLoader workers too. A worker
+    # that died of it made torch's SIGCHLD handler raise in its rank: exit 1, no checkpoint.
+    run = tmp_path / "preempted"
+    ranks = start_ranks(train_args(tiny, run, "--epochs", 2, "--seed", 5, "--workers", 1), 2, free_port(),
+                        start_new_session=True)
+
+    def session_size(pid: int) -> int:  # a rank and its loader worker share the rank's session
+        return len(subprocess.run(["pgrep", "-s", str(pid)], capture_output=True, text=True).stdout.split())
+
+    wait_for(lambda: train_steps_logged(run) >= 2 and all(session_size(r.pid) >= 2 for r in ranks), ranks)
+    for rank in ranks:
+        os.killpg(rank.pid, signal.SIGTERM)
+    outputs = finish(ranks, timeout=600)
+    assert all(output.count("train_repr: pre-empted at step") == 1 for output in outputs), outputs
+    assert not any("Traceback" in output for output in outputs), outputs
+    assert (run / "checkpoints" / "latest").read_text().strip().endswith("-mid")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # several launches; generous for a loaded machine
 def test_sigterm_to_the_whole_deepspeed_job_checkpoints_and_resumes_exactly(tiny, tmp_path):
@@ -108,7 +128,8 @@ def test_sigterm_to_the_whole_deepspeed_job_checkpoints_and_resumes_exactly(tiny
     common = ["--epochs", 2, "--seed", 4]
     finish([deepspeed_one_node(train_args(tiny, tmp_path / "straight", *common), 2, free_port())])
     run = tmp_path / "preempted"
-    job = deepspeed_one_node(train_args(tiny, run, *common), 2, free_port(), start_new_session=True)
+    # with a loader worker per rank: they get the SIGTERM too and must leave it to their rank
+    job = deepspeed_one_node(train_args(tiny, run, *common, "--workers", 1), 2, free_port(), start_new_session=True)
     wait_for(lambda: train_steps_logged(run) >= 2, [job])
     os.killpg(job.pid, signal.SIGTERM)
     output, _ = job.communicate(timeout=600)

@@ -20,6 +20,7 @@ over the new ranks (data/elastic.py) and later epochs are drawn for the new worl
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -144,7 +145,8 @@ class BalancedLoader:
         workers = self.config.num_workers
         batches = torch.utils.data.DataLoader(
             stream, batch_size=None, num_workers=workers, collate_fn=_identity,
-            prefetch_factor=4 if workers else None, persistent_workers=False)
+            prefetch_factor=4 if workers else None, persistent_workers=False,
+            worker_init_fn=_leave_signals_to_the_rank if workers else None)
         for images, labels in self._decoded(iter(batches)):
             self.batches_done += 1
             yield images, labels
@@ -232,6 +234,19 @@ class BalancedLoader:
         shares.append(Share(int(state["world_size"]), int(state["batch_size"]), self.batches_done))
         self.resplit = ResplitSampler(self.sampler, self.epoch, int(state["epoch_draws"]), shares)
         self.batches_done = 0
+
+
+def _leave_signals_to_the_rank(worker_id: int) -> None:
+    """A loader worker ignores SIGTERM and SIGINT: they are the rank's to handle.
+
+    Slurm's time limit signals every process of the job and Ctrl-C the whole foreground
+    group. A worker that died of the signal would make torch's SIGCHLD handler raise in the
+    rank before it could checkpoint; ignored, the worker keeps feeding batches until the
+    rank's pre-emption checkpoint is written, and ends with the DataLoader (or by torch's
+    watchdog when the rank itself is gone).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _identity(batch):
