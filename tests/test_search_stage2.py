@@ -170,8 +170,9 @@ def test_a_crashed_trial_is_retried(tmp_path):
 
     features = write_features(tmp_path / "features")
     out = tmp_path / "r"
+    # 2000 epochs: long enough to be seen running, short enough for a loaded CI machine (10000 timed out there)
     args = [sys.executable, str(SCRIPT), "--features", str(features), "--out", str(out), "--num-cpus", "1",
-            "--methods", "crt", "--lrs", "0.05,0.2", "--set", "crt.epochs=10000", "--max-failures", "2"]
+            "--methods", "crt", "--lrs", "0.05,0.2", "--set", "crt.epochs=2000", "--max-failures", "2"]
     driver = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     killed, deadline = [], time.time() + 300
     while not killed and time.time() < deadline and driver.poll() is None:
