@@ -8,7 +8,7 @@ bench/fashion_lt.py (trained here if missing, same folder layout):
     (b) 10 augmented views  lt_dist extract --train-views 10, then the same search
     (c) (b) + BN recalibration   ... --train-views 10 --bn-recalibrate class
     (c') eval features after `lt_dist extract --bn-recalibrate class` (no augmented views)
-Test top-1 % (Many/Medium/Few/All), mean ± std over the seeds; writes
+Test top-1 % (Many/Medium/Few/All), mean ± std over the seeds, one table per method; writes
 bench/results/stage2_protocols.json. Long: about 7 min of stage 1 per seed on 2 CPU
 cores plus a few minutes per stage-2 run.
 
@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import sys
+import time
 
 try:
     from bench import fashion_lt
@@ -73,15 +74,28 @@ def through_backbone(folder: str, method: str, extra: list[str], seed: int) -> d
     return {g: float(values[g]) for g in GROUPS}
 
 
-def cached(folder: str, key: str, extract_args: list[str]) -> dict:
+def extracted(features: str) -> bool:
+    """Whether `lt_dist extract` finished in this folder: its index lists every split (it is
+    written before the first split too, with none)."""
+    try:
+        with open(os.path.join(features, "features.json"), encoding="utf-8") as handle:
+            return {"train", "val", "test"} <= set(json.load(handle).get("splits", {}))
+    except (OSError, ValueError):
+        return False
+
+
+def cached(folder: str, key: str, extract_args: list[str], seed: int) -> dict:
     """cRT and LWS on features extracted with extra `lt_dist extract` arguments (skips a finished run)."""
     features, results = os.path.join(folder, f"features-{key}"), os.path.join(folder, f"results-{key}")
     table_csv = os.path.join(results, "table.csv")
     if not os.path.exists(table_csv):
-        shutil.rmtree(features, ignore_errors=True)
-        fashion_lt.run_logged([os.path.join(fashion_lt.BIN, "lt_dist"), "extract",
-                               "--ckpt", os.path.join(folder, "run"), "--data", fashion_lt.SHARDS, "--out", features,
-                               "--workers", "1", *extract_args], os.path.join(folder, f"extract-{key}.log"))
+        if not extracted(features):
+            shutil.rmtree(features, ignore_errors=True)
+            fashion_lt.run_logged([os.path.join(fashion_lt.BIN, "lt_dist"), "extract",
+                                   "--ckpt", os.path.join(folder, "run"), "--data", fashion_lt.SHARDS, "--out", features,
+                                   "--workers", "1", "--seed", str(seed), *extract_args],
+                                  os.path.join(folder, f"extract-{key}.log"))
+        shutil.rmtree(results, ignore_errors=True)  # a failed search's leftovers: start it again
         fashion_lt.run_logged([sys.executable, "tune/search_stage2.py", "--features", features, "--out", results,
                                "--num-cpus", "2", "--methods", ",".join(METHODS)],
                               os.path.join(folder, f"stage2-{key}.log"))
@@ -102,34 +116,37 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
         if key.startswith("backbone"):
             rows[key] = {m: through_backbone(folder, m, extra, seed) for m in METHODS}
         elif extra is not None:
-            rows[key] = cached(folder, key, extra)
+            rows[key] = cached(folder, key, extra, seed)
     return rows
 
 
-def table(runs: dict) -> str:
-    """Rows the protocols, columns cRT/LWS Few and All: mean ± std over seeds."""
+def table(runs: dict, method: str) -> str:
+    """One stage-2 method: rows the protocols, columns Many/Medium/Few/All, mean ± std over seeds."""
     import numpy as np
 
-    def cell(key: str, method: str, group: str) -> str:
+    def cell(key: str, group: str) -> str:
         values = [r[key][method][group] for r in runs.values() if key in r]
         if not values:
             return "-"
         return f"{np.mean(values):.1f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.1f}"
 
-    columns = [(m, g) for m in METHODS for g in ("few", "all")]
-    rows = [[label, *(cell(key, m, g) for m, g in columns)] for key, (label, _) in PROTOCOLS.items()]
-    return markdown_table(["protocol", *(f"{'cRT' if m == 'crt' else 'LWS'} {g.title()}" for m, g in columns)], rows)
+    rows = [[label, *(cell(key, g) for g in GROUPS)] for key, (label, _) in PROTOCOLS.items()]
+    return markdown_table(["protocol", *(g.title() for g in GROUPS)], rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Every seed, then the table and bench/results/stage2_protocols.json."""
     args = parse_args(argv)
     fashion_lt.ensure_shards()
+    start = time.perf_counter()
     runs = {seed: run_seed(args, seed) for seed in args.seeds}
-    text = table(runs)
-    print(text)
-    path = write_results("stage2_protocols", {"epochs": args.epochs, "seeds": args.seeds,
-                                              "runs": {str(s): r for s, r in runs.items()}, "table": text})
+    wall = time.perf_counter() - start
+    tables = {m: table(runs, m) for m in METHODS}
+    for method, text in tables.items():
+        print(f"\n{'cRT' if method == 'crt' else 'LWS'} (test top-1 %, mean ± std over seeds {args.seeds}):\n\n{text}")
+    path = write_results("stage2_protocols", {"epochs": args.epochs, "seeds": args.seeds, "wall_s": round(wall, 1),
+                                              "runs": {str(s): r for s, r in runs.items()}, "tables": tables})
+    print(f"wall {wall / 60:.1f} min (finished runs skipped count as 0)")
     print(f"wrote {path}")
     return 0
 
