@@ -64,6 +64,8 @@ demo: setup demo-data
 	$(BIN)/lt_dist extract --ckpt $(DEMO_RUN) --data $(DEMO_SHARDS) --out $(DEMO_FEATURES) --workers 1
 	$(BIN)/python tune/search_stage2.py --features $(DEMO_FEATURES) --out $(DEMO_RESULTS) --num-cpus 2
 	$(BIN)/lt_dist report $(DEMO_RESULTS)
+	@# the README shows these two: written by every demo run, so they cannot drift from the code
+	cp $(DEMO_RESULTS)/table.png $(DEMO_RESULTS)/tau_curve.png docs/figures/
 	$(BIN)/lt_dist export --run $(DEMO_RUN) --results $(DEMO_RESULTS) --method crt --out $(DEMO_MODEL) --format onnx
 	$(BIN)/lt_dist evaluate $(DEMO_MODEL) --data $(DEMO_SHARDS) --split test --workers 1
 	@echo "open $(DEMO_RESULTS)/report.html in a browser; the cRT model is in $(DEMO_MODEL)/"

@@ -40,13 +40,9 @@ def run(*command, **kwargs):
     return result
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    source = synthetic_idx(root / "idx")
-    shards, run_dir, features, results = root / "shards", root / "run", root / "features", root / "results"
-    run(BIN / "lt_dist", "pack", "--idx", source, "--out", shards, "--profile", "exp", "--imbalance", 15,
-        "--max-per-class", 150, "--val-per-class", 5, "--no-progress")
+def train_extract_search(root: Path, shards: Path) -> dict:
+    """stage 1 (2 ranks under deepspeed, DALI), extract, the Ray search and the report, into root."""
+    run_dir, features, results = root / "run", root / "features", root / "results"
     ds_json = root / "ds.json"
     ds_json.write_text(json.dumps({"train_batch_size": 32, "optimizer": {"type": "SGD", "params": {
         "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}}, "bf16": {"enabled": True},
@@ -60,6 +56,16 @@ def pipeline(tmp_path_factory):
         "--num-cpus", 2, "--taus", "0,1,2", "--lrs", "0.2")
     run(BIN / "lt_dist", "report", results)
     return {"shards": shards, "run": run_dir, "features": features, "results": results}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    source = synthetic_idx(root / "idx")
+    shards = root / "shards"
+    run(BIN / "lt_dist", "pack", "--idx", source, "--out", shards, "--profile", "exp", "--imbalance", 15,
+        "--max-per-class", 150, "--val-per-class", 5, "--no-progress")
+    return train_extract_search(root, shards)
 
 
 def test_every_artefact_exists(pipeline):
@@ -162,3 +168,20 @@ def test_exported_model_reproduces_the_search_on_test(pipeline, tmp_path):
     best = json.loads((pipeline["results"] / "best.json").read_text())["crt"]
     for group in ("many", "medium", "few", "all"):
         assert scores[group] == pytest.approx(best[f"test_{group}"], abs=1e-9, nan_ok=True), group
+
+
+def test_the_same_commands_on_the_same_machine_and_world_give_the_same_numbers(pipeline, tmp_path):
+    """What the README promises bit for bit: stage 1's weights, the features and every stage-2
+    number of the table, when the same commands run again on this machine with 2 ranks."""
+    import pyarrow as pa
+    import torch
+
+    again = train_extract_search(tmp_path, pipeline["shards"])
+    first, second = (torch.load(p["run"] / "best_model.pt", map_location="cpu", weights_only=False)["state_dict"]
+                     for p in (pipeline, again))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first), "stage-1 weights differ"
+    for split in ("train", "test"):
+        tables = [pa.ipc.open_file(str(p["features"] / f"{split}.arrow")).read_all() for p in (pipeline, again)]
+        assert tables[0].equals(tables[1]), f"{split} features differ"
+    assert (pipeline["results"] / "table.csv").read_text() == (again["results"] / "table.csv").read_text()
