@@ -45,8 +45,9 @@ def _pyplot():
     return plt
 
 
-def plot_tau_curve(points: list[dict], path: str, split: str = "val") -> None:
-    """Accuracy against tau with Many/Medium/Few/All lines (the paper's Fig. 2 right).
+def plot_tau_curve(points: list[dict], path: str, split: str = "val", title: str = "τ-normalized classifier") -> None:
+    """Accuracy against tau with Many/Medium/Few/All lines (the paper's Fig. 2 right; with
+    another title, the same for any method searched over a `tau`).
 
     Args:
         points: [{"tau", "<split>_many", "<split>_medium", "<split>_few", "<split>_all"}].
@@ -59,7 +60,7 @@ def plot_tau_curve(points: list[dict], path: str, split: str = "val") -> None:
         axes.plot(taus, [p[f"{split}_{group}"] for p in points], style, markersize=3, label=group.capitalize())
     axes.set_xlabel("τ")
     axes.set_ylabel(f"{split} top-1 accuracy (%)")
-    axes.set_title("τ-normalized classifier")
+    axes.set_title(title)
     axes.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path)

@@ -20,6 +20,7 @@ from lt_dist.report.tables import DISPLAY, read_table_csv
 FIGURES = (("training_curves.png", "Stage 1: training loss and val accuracy per epoch, learning rate per step"),
            ("class_counts.png", "Training class counts (sorted, log scale)"),
            ("tau_curve.png", "Accuracy against τ (val)"),
+           ("logit_adjust_tau_curve.png", "Post-hoc logit adjustment: accuracy against τ (val)"),
            ("weight_norms.png", "Classifier weight norms, classes sorted by training count"),
            ("accuracy_vs_size.png", "Per-class test accuracy against class size"))
 STYLE = """body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}

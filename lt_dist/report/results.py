@@ -82,10 +82,17 @@ def _write_per_class(path: str, per_class: dict[str, np.ndarray], classifier: di
                 writer.writerow([method, label, name, groups[label], int(counts[label]), f"{accuracy[label]:.2f}"])
 
 
+# methods searched over a tau -> (figure file, title): tau-norm's rescaling (the paper's Fig. 2
+# right) and post-hoc logit adjustment's prior correction trade many-shot for few-shot alike
+TAU_CURVES = {"tau_norm": ("tau_curve.png", "τ-normalized classifier"),
+              "logit_adjust": ("logit_adjust_tau_curve.png", "post-hoc logit adjustment")}
+
+
 def _figures(out: str, results: list[dict], norms: dict, train_counts: np.ndarray) -> None:
-    taus = [{**r, "tau": json.loads(r["params"])["tau"]} for r in results if r["method"] == "tau_norm"]
-    if len(taus) > 1 and "val_all" in taus[0]:
-        plot_tau_curve(taus, os.path.join(out, "tau_curve.png"), split="val")
+    for method, (name, title) in TAU_CURVES.items():
+        taus = [{**r, "tau": json.loads(r["params"])["tau"]} for r in results if r["method"] == method]
+        if len(taus) > 1 and "val_all" in taus[0]:
+            plot_tau_curve(taus, os.path.join(out, name), split="val", title=title)
     if norms:
         plot_weight_norms(norms, train_counts, os.path.join(out, "weight_norms.png"))
     plot_class_counts({"train": train_counts}, os.path.join(out, "class_counts.png"), title="training class counts")
