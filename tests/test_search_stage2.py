@@ -85,6 +85,7 @@ def test_select_on_train_uses_the_balanced_training_estimate(tmp_path):
     ("no_classifier", "has no stage-1 classifier"),
     ("dimension", "val features are 7-d but the classifier is 12-d"),
     ("address", "Ray address '127.0.0.1:9' does not answer"),
+    ("keep_best", "--set crt.keep_best=true keeps the best epoch on val, and"),
 ])
 def test_bad_input_fails_at_start_up(tmp_path, case, message):
     features = write_features(tmp_path / "features")
@@ -100,6 +101,9 @@ def test_bad_input_fails_at_start_up(tmp_path, case, message):
                           np.zeros((3, 7), np.float32))
     elif case == "address":
         args += ["--address", "127.0.0.1:9"]
+    elif case == "keep_best":
+        os.remove(features / "val.arrow")
+        args += ["--methods", "crt", "--select-on", "train", "--set", "crt.keep_best=true"]
     result = search(*args, timeout=120)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
 
@@ -224,3 +228,17 @@ def test_methods_all_runs_every_method_and_taus_set_both_tau_grids(tmp_path):
     default = script.prepare(script.get_args_parser().parse_args(["--features", str(features), "--out",
                                                                   str(tmp_path / "d")]))[0]
     assert {t["method"] for t in default} == set(script.DEFAULT_METHODS.split(","))  # the paper's, as before
+
+
+def test_keep_best_chooses_the_epoch_on_val_in_the_trial_and_in_the_refit_for_test(tmp_path):
+    from lt_dist.stage2.search import evaluate_chosen, run_trial
+
+    features = write_features(tmp_path / "features")
+    params = {"lr": 0.8, "epochs": 6, "keep_best": True}
+    trial = run_trial(str(features), "crt", params, 0, "val")
+    chosen = evaluate_chosen(str(features), "crt", params, 0)  # loads train and test: val must ride along
+    assert trial["val_all"] >= run_trial(str(features), "crt", {**params, "keep_best": False}, 0, "val")["val_all"]
+    os.remove(features / "val.arrow")
+    with pytest.raises(ValueError, match="keep_best needs val features"):
+        evaluate_chosen(str(features), "crt", params, 0)
+    assert chosen["scores"]["test_all"] >= 0

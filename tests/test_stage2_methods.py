@@ -198,7 +198,7 @@ def test_unknown_names_are_refused_in_one_exact_line():
     message = f"unknown stage-2 method 'dot'; choose one of {methods}"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         resolve_params("dot", {})
-    accepted = ", ".join(["lr", "batch_size", "momentum", "lr_schedule", "min_steps", "epochs", "weight_decay",
+    accepted = ", ".join(["lr", "batch_size", "momentum", "lr_schedule", "min_steps", "keep_best", "epochs", "weight_decay",
                           "threads", "device"])
     message = f"unknown parameter(s) 'epoch', 'lrr' for 'crt'; accepted: {accepted}"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):

@@ -168,7 +168,10 @@ def prepare(args) -> tuple[list[dict], str]:
         trials = trial_list(methods, taus, lrs)
         for trial in trials:
             trial["params"].update(overrides.get(trial["method"], {}))
-            resolve_params(trial["method"], trial["params"])  # unknown parameter names fail here
+            resolved = resolve_params(trial["method"], trial["params"])  # unknown parameter names fail here
+            if resolved.get("keep_best") and "val" not in splits:
+                raise ValueError(f"--set {trial['method']}.keep_best=true keeps the best epoch on val, and "
+                                 f"{args.features} has no val.arrow")
         unused = set(overrides) - {trial["method"] for trial in trials}
         if unused:
             raise ValueError(f"--set names method {sorted(unused)[0]!r}, which this search does not run")

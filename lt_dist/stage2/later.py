@@ -32,13 +32,12 @@ import torch.nn.functional as F
 
 from lt_dist.losses import BalancedSoftmaxLoss, ClassBalancedLoss
 from lt_dist.stage2.heads import AdjustedPredictor, CosinePredictor, DisAlignPredictor, LinearPredictor
-from lt_dist.stage2.params import resolve
+from lt_dist.stage2.params import SGD_DEFAULTS, resolve
 from lt_dist.stage2.training import fit_device, train_with_params, uniform_init
 from lt_dist.stage2.types import FeatureSplit, StageOneClassifier
 
-# The optimisation keys every trained method takes (methods.py's _SGD): lr, batch, momentum,
-# per-step cosine to 0, and min_steps 500 for a head that starts from random weights.
-_SGD = {"lr": 0.2, "batch_size": 512, "momentum": 0.9, "lr_schedule": "step", "min_steps": 0}
+# params.py says what each optimisation key does; min_steps 500 for a head that starts from random weights
+_SGD = SGD_DEFAULTS
 _FRESH = {**_SGD, "min_steps": 500}
 LATER_DEFAULTS: dict[str, dict] = {
     "logit_adjust": {"tau": 1.0},  # Menon et al.'s tau = 1: the Bayes correction for a balanced test set

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from lt_dist.stage2.heads import (CosinePredictor, LinearPredictor, NCMPredictor, ncm_centroids, scale_rows,
                                   tau_normalize)
 from lt_dist.stage2.later import LATER_DEFAULTS, LATER_METHODS, LATER_SEARCH
-from lt_dist.stage2.params import COMMON_PARAMS, resolve
+from lt_dist.stage2.params import COMMON_PARAMS, SGD_DEFAULTS, resolve
 from lt_dist.stage2.training import fit_device, train_with_params, uniform_init
 from lt_dist.stage2.types import FeatureSplit, Predictor, StageOneClassifier
 
@@ -39,12 +39,13 @@ Method = Callable[[FeatureSplit, StageOneClassifier, dict, int], Predictor]
 
 # Official configs (classifier-balancing, ImageNet-LT): cRT 10 epochs, LWS 5, both SGD
 # lr 0.2, momentum 0.9, weight decay 5e-4 (LWS decays its scales too), cosine to 0, batch 512.
-# lt-dist's additions: lr_schedule "step" (cosine every step) or "epoch" (held per epoch, as the
-# official scheduler); min_steps: the batch shrinks to floor(n * epochs / m) when batch 512 would
-# give fewer than m optimizer steps in all (ImageNet-LT's cRT has 2,260: unchanged). It is 500
-# for the heads that start from random weights (crt, cosine), so small datasets still get enough
-# optimisation; 0 (off) for lws and learned_tau, which start at the stage-1 classifier.
-_SGD = {"lr": 0.2, "batch_size": 512, "momentum": 0.9, "lr_schedule": "step", "min_steps": 0}
+# lt-dist's additions (params.SGD_DEFAULTS): lr_schedule "step" or "epoch" (official), keep_best
+# (the best-on-val epoch, as the official loop keeps) and min_steps: the batch shrinks to
+# floor(n * epochs / m) when batch 512 would give fewer than m optimizer steps in all
+# (ImageNet-LT's cRT has 2,260: unchanged). It is 500 for the heads that start from random
+# weights (crt, cosine), so small datasets still get enough optimisation; 0 (off) for lws and
+# learned_tau, which start at the stage-1 classifier.
+_SGD = SGD_DEFAULTS
 _FRESH = {**_SGD, "min_steps": 500}
 DEFAULT_PARAMS: dict[str, dict] = {
     "joint": {},

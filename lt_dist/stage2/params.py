@@ -7,6 +7,14 @@ from __future__ import annotations
 
 COMMON_PARAMS = {"threads": None, "device": "cpu"}  # accepted by every method
 
+# The optimisation keys every trained method takes (SGD with momentum, cosine lr to 0).
+# lr_schedule "step" (cosine every step) or "epoch" (held per epoch, as the official scheduler);
+# min_steps: the batch shrinks so that training takes at least that many optimizer steps;
+# keep_best: after every epoch score the val features and keep the best epoch's parameters
+# (the official loop's best-on-val model), else the last epoch's.
+SGD_DEFAULTS = {"lr": 0.2, "batch_size": 512, "momentum": 0.9, "lr_schedule": "step", "min_steps": 0,
+                "keep_best": False}
+
 
 def resolve(method: str, params: dict | None, defaults: dict[str, dict]) -> dict:
     """defaults[method] and COMMON_PARAMS updated by `params`; an unknown method or key raises ValueError.

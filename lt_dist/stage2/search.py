@@ -54,11 +54,15 @@ def check_select_on(select_on: str, has_val: bool) -> None:
 
 
 def _fit(features_dir: str, splits: tuple[str, ...], method: str, params: dict, seed: int):
-    stored_splits, stored = load_features(features_dir, splits=splits)
+    """Fit on train; val (when stored) rides along as train.holdout for keep_best, so the refit
+    that is scored on test chooses its epoch on val exactly as its trial did."""
+    stored_splits, stored = load_features(features_dir, splits=tuple(dict.fromkeys((*splits, "val"))))
     classifier = StageOneClassifier(stored["weight"], stored["bias"], stored["train_counts"],
                                     stored.get("cosine_scale"))
+    val = stored_splits.get("val")
     train = FeatureSplit(stored_splits["train"].features, stored_splits["train"].labels,
-                         views=read_train_views(features_dir))
+                         views=read_train_views(features_dir),
+                         holdout=None if val is None else FeatureSplit(val.features, val.labels))
     return METHODS[method](train, classifier, params, seed), stored_splits, classifier, train
 
 

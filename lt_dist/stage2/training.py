@@ -34,6 +34,7 @@ class TrainConfig:
     momentum: float = 0.9
     strategy: str | float = "class"  # the sampler: stage 2 is class-balanced; "instance" for baselines
     lr_schedule: str = "step"  # cosine per optimizer step, or "epoch": held for each epoch (official)
+    keep_best: bool = False  # end with the epoch of best top-1 on train.holdout (val), not the last
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr < 0:
@@ -110,10 +111,14 @@ def train_head(param_groups: list[dict], logits_fn: Callable[[torch.Tensor], tor
     Returns:
         the loss of every step (floats, read back once at the end: no device sync per step).
     """
+    if config.keep_best and train.holdout is None:
+        raise ValueError("keep_best needs val features beside train (FeatureSplit.holdout); a search that "
+                         "selects on the training estimate has none")
     optimizer = torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum)
     per_epoch = steps_per_epoch(len(train.labels), config.batch_size)
     total = config.epochs * per_epoch
     losses = []
+    best = _BestEpoch(param_groups, logits_fn, train.holdout, device) if config.keep_best else None
     for step, rows in enumerate(balanced_batches(train.labels, num_classes, config, seed)):
         for group in optimizer.param_groups:
             group["lr"] = (cosine_lr(config.lr, step // per_epoch, config.epochs) if config.lr_schedule == "epoch"
@@ -130,19 +135,53 @@ def train_head(param_groups: list[dict], logits_fn: Callable[[torch.Tensor], tor
         if after_step is not None:
             after_step()
         losses.append(loss.detach())
+        if best is not None and (step + 1) % per_epoch == 0:
+            best.score_epoch()
+    if best is not None:
+        best.restore()
     return torch.stack(losses).tolist() if losses else []
+
+
+class _BestEpoch:
+    """Keeps a copy of the parameters of the epoch with the best holdout top-1 (ties: the earlier)."""
+
+    def __init__(self, param_groups: list[dict], logits_fn: Callable[[torch.Tensor], torch.Tensor],
+                 holdout: FeatureSplit, device: torch.device) -> None:
+        self.params = [p for group in param_groups for p in group["params"]]
+        self.logits_fn, self.device = logits_fn, device
+        self.features = torch.from_numpy(np.ascontiguousarray(holdout.features))
+        self.labels = torch.from_numpy(holdout.labels)
+        self.accuracy, self.saved = -1.0, None
+
+    def score_epoch(self) -> None:
+        """Top-1 of the current parameters on the holdout; copies them when it beats the best so far."""
+        with torch.no_grad():
+            correct = 0
+            for start in range(0, len(self.labels), 8192):  # bounded memory on a large val set
+                logits = self.logits_fn(self.features[start:start + 8192].to(self.device))
+                correct += int((logits.argmax(1).cpu() == self.labels[start:start + 8192]).sum())
+        accuracy = correct / max(len(self.labels), 1)
+        if accuracy > self.accuracy:
+            self.accuracy, self.saved = accuracy, [p.detach().clone() for p in self.params]
+
+    def restore(self) -> None:
+        """Put the best epoch's parameters back (in place: the caller's tensors)."""
+        if self.saved is not None:
+            with torch.no_grad():
+                for param, saved in zip(self.params, self.saved):
+                    param.copy_(saved)
 
 
 def train_with_params(params: dict, groups: list[dict], logits_fn: Callable[[torch.Tensor], torch.Tensor],
                       train: FeatureSplit, num_classes: int, seed: int, *, strategy: str = "class",
                       loss_fn: LossFn | None = None, after_step: Callable[[], None] | None = None) -> list[float]:
     """train_head with a method's resolved optimisation params (epochs, batch_size, min_steps, lr, momentum,
-    lr_schedule, threads, device), on `strategy` batches ("class" or "instance"); returns the step losses."""
+    lr_schedule, keep_best, threads, device), on `strategy` batches ("class" or "instance"); returns the step losses."""
     config = TrainConfig(epochs=int(params["epochs"]),
                          batch_size=batch_for_steps(len(train.labels) * int(params["epochs"]),
                                                     int(params["batch_size"]), int(params["min_steps"])),
                          lr=float(params["lr"]), momentum=float(params["momentum"]), strategy=strategy,
-                         lr_schedule=str(params["lr_schedule"]))
+                         lr_schedule=str(params["lr_schedule"]), keep_best=bool(params["keep_best"]))
     with torch_threads(params["threads"]):
         return train_head(groups, logits_fn, train, num_classes, config, seed, device=fit_device(params["device"]),
                           loss_fn=loss_fn, after_step=after_step)

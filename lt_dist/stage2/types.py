@@ -28,6 +28,8 @@ class FeatureSplit:
     features: np.ndarray  # (N, D) float32
     labels: np.ndarray  # (N,) int64, 0 .. C-1
     views: tuple = ()  # K (N, D) augmented versions of `features`, same rows; trained heads use view e % K in epoch e
+    # the val features beside train: trained heads with keep_best score it after every epoch
+    holdout: FeatureSplit | None = None
 
     def __post_init__(self) -> None:
         self.features = np.asarray(self.features, dtype=np.float32)
