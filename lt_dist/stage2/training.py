@@ -149,7 +149,7 @@ class _BestEpoch:
                  holdout: FeatureSplit, device: torch.device) -> None:
         self.params = [p for group in param_groups for p in group["params"]]
         self.logits_fn, self.device = logits_fn, device
-        self.features = torch.from_numpy(np.ascontiguousarray(holdout.features))
+        self.features = torch.from_numpy(np.array(holdout.features))  # a copy: stored features are read-only maps
         self.labels = torch.from_numpy(holdout.labels)
         self.accuracy, self.saved = -1.0, None
 
