@@ -9,7 +9,9 @@ reported once). Two tables, mean ± std (sample std, ddof 1) over the seeds, tes
     2. per stage-1 configuration: Joint/cRT/tau-norm/LWS All, Joint/cRT Few (Figure 1)
 
 Configurations: instance (the demo's CE), class, sqrt, logit_adjusted (instance sampler,
-logit-adjusted CE, tau 1), progressive and ldam (LDAM-DRW on a cosine head; not run by default). Runs live under
+logit-adjusted CE, tau 1), progressive, ldam (LDAM-DRW on a cosine head) and mixup (instance
+sampler, mixup alpha 0.2, MiSLAS's stage 1); the last three are not run by default. --balanced
+adds the balanced-data ceilings (stage 1 only, tested on the same test set). Runs live under
 --work-dir/e<EPOCHS>/<config>-s<seed>/ (run/, features/, results/, logs); a run whose
 results/table.csv exists is skipped, an interrupted one resumes. Writes
 bench/results/fashion_lt.json and bench/results/fashion_lt.png. Long: ~7 min per run
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import shutil
 import socket
@@ -49,7 +52,15 @@ CONFIGS = {
     "progressive": ("progressively-balanced", ["--sampler", "progressive"]),
     # LDAM-DRW on its cosine head (the default head for --loss ldam)
     "ldam": ("LDAM-DRW (instance, cosine head)", ["--sampler", "instance", "--loss", "ldam"]),
+    # MiSLAS's stage 1: mixup on instance-balanced batches (alpha 0.2, its ImageNet-LT value)
+    "mixup": ("instance-balanced + mixup α=0.2", ["--sampler", "instance", "--mixup", "0.2"]),
 }
+# --balanced: the ceilings, the same network, epochs and augmentation on balanced subsets of
+# Fashion-MNIST's training images (tested on the same test set): (i) as many images as the
+# long-tailed set (2,478 -> 248 per class), what imbalance alone costs; (ii) the head's 1000
+# for every class, what the missing tail images cost on top.
+BALANCED = {"balanced_equal": ("(i) balanced, as many images (248 per class)", 248),
+            "balanced_full": ("(ii) balanced, 1000 per class", 1000)}
 METHODS = {"joint": "Joint", "ncm": "NCM", "crt": "cRT", "tau_norm": "τ-norm", "lws": "LWS"}
 GROUPS = ("many", "medium", "few", "all")
 FIGURE_METHODS = ("joint", "crt", "tau_norm", "lws")
@@ -64,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated, of {', '.join(CONFIGS)} (default: %(default)s)")
     parser.add_argument("--work-dir", default=os.path.join(DATA_DIR, "fashion_lt"),
                         help="run folders (default: bench/data/fashion_lt)")
+    parser.add_argument("--balanced", action="store_true",
+                        help="also train the balanced-data ceilings (i) and (ii) per seed (stage 1 only; "
+                        "(ii) trains on 4x the images)")
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.configs = args.configs.split(",")
@@ -93,15 +107,41 @@ def run_logged(cmd: list[str], log: str) -> None:
                            f"(log {log}):\n{tail}")
 
 
-def ensure_shards() -> None:
-    """Pack the demo's Fashion-MNIST-LT exactly as `make demo` does (idempotent)."""
-    run_logged([os.path.join(BIN, "lt_dist"), "pack", "--idx", FMNIST_DIR, "--out", SHARDS,
-                "--profile", "exp", "--imbalance", "100", "--max-per-class", "1000", "--val-per-class", "20",
-                "--seed", "0", "--class-names", "@shards/fashion-mnist.classes", "--workers", "2"],
-               os.path.join(DATA_DIR, "fashion_lt_pack.log"))
+def ensure_shards(out: str = SHARDS, imbalance: int = 100, max_per_class: int = 1000) -> str:
+    """Pack Fashion-MNIST exactly as `make demo` does (idempotent); another imbalance and size
+    give the balanced ceilings' subsets (imbalance 1). Returns the shards folder."""
+    run_logged([os.path.join(BIN, "lt_dist"), "pack", "--idx", FMNIST_DIR, "--out", out,
+                "--profile", "exp", "--imbalance", str(imbalance), "--max-per-class", str(max_per_class),
+                "--val-per-class", "20", "--seed", "0", "--class-names", "@shards/fashion-mnist.classes",
+                "--workers", "2"], os.path.join(DATA_DIR, f"{os.path.basename(out)}_pack.log"))
+    return out
 
 
-def train(folder: str, config: str, seed: int, epochs: int) -> None:
+def run_ceilings(args: argparse.Namespace) -> dict[str, dict[int, float]]:
+    """Stage 1 on each balanced subset per seed (the demo's command); {name: {seed: test All %}}."""
+    ceilings: dict = {}
+    for name, (_, per_class) in BALANCED.items():
+        data = ensure_shards(f"{SHARDS}_balanced{per_class}", imbalance=1, max_per_class=per_class)
+        for seed in args.seeds:
+            folder = os.path.join(args.work_dir, f"e{args.epochs}", f"{name}-s{seed}")
+            os.makedirs(folder, exist_ok=True)
+            began = time.perf_counter()
+            train(folder, "instance", seed, args.epochs, data=data)
+            with open(os.path.join(folder, "run", "test_metrics.json"), encoding="utf-8") as handle:
+                ceilings.setdefault(name, {})[seed] = float(json.load(handle)["all"])
+            print(f"{name} seed {seed}: test All {ceilings[name][seed]:.2f} "
+                  f"({time.perf_counter() - began:.0f} s)", flush=True)
+    return ceilings
+
+
+def ceiling_table(ceilings: dict[str, dict[int, float]]) -> str:
+    """Rows the ceilings, test All mean ± std over the seeds."""
+    rows = [[BALANCED[name][0], f"{np.mean(list(v.values())):.1f} ± "
+             f"{np.std(list(v.values()), ddof=1) if len(v) > 1 else 0.0:.1f}"] for name, v in ceilings.items()]
+    return markdown_table(["balanced-data ceiling (Joint)", "All"], rows)
+
+
+def train(folder: str, config: str, seed: int, epochs: int, data: str = SHARDS) -> None:
     """Stage 1 with the demo's command; resumes from a checkpoint, skips a finished run."""
     run = os.path.join(folder, "run")
     if os.path.exists(os.path.join(run, "test_metrics.json")):
@@ -110,7 +150,7 @@ def train(folder: str, config: str, seed: int, epochs: int) -> None:
     if not resume:
         shutil.rmtree(run, ignore_errors=True)
     run_logged([os.path.join(BIN, "deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
-                "launch/train_repr.py", "--ds_config", "launch/ds_demo.json", "--data", SHARDS, "--out", run,
+                "launch/train_repr.py", "--ds_config", "launch/ds_demo.json", "--data", data, "--out", run,
                 "--arch", "resnet10", "--small-input", "--train-preset", "small_train",
                 "--eval-preset", "small_eval", "--image-size", "28", "--epochs", str(epochs),
                 *CONFIGS[config][1], "--decoder", "dali", "--workers", "1", "--seed", str(seed),
@@ -228,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     ensure_shards()
     tables, failures = run_all(args)
+    ceilings = run_ceilings(args) if args.balanced else {}
     wall = time.perf_counter() - start
     first, second = method_table(tables), sampler_table(tables)
     seeds = ", ".join(map(str, args.seeds))
@@ -237,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
              "Many > 100 / Medium 20..100 / Few < 20 training images: 5 / 3 / 2 classes."]
     print("\nInstance-balanced representation (paper's Table 5 shape):\n\n" + first)
     print("\nStage-1 sampler / loss, then stage 2 (paper's Figure 1 shape):\n\n" + second)
+    if ceilings:
+        print("\nBalanced-data ceilings (the same network, epochs and test set):\n\n" + ceiling_table(ceilings))
     print("\n" + "\n".join(notes))
     figure = os.path.join(RESULTS_DIR, "fashion_lt.png")
     os.makedirs(RESULTS_DIR, exist_ok=True)
@@ -246,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                "summary": {c: {m: {g: dict(zip(("mean", "std", "n"), stats(tables, c, m, g))) for g in GROUPS}
                                for m in METHODS} for c in tables if tables[c]},
                "table_methods": first, "table_samplers": second, "notes": notes, "failures": failures,
+               "ceilings": {name: {str(s): v for s, v in seeds.items()} for name, seeds in ceilings.items()},
                "figure": os.path.relpath(figure, REPO)}
     print(f"\nwall {wall / 60:.1f} min; wrote {write_results('fashion_lt', payload)} and {figure}")
     for run, error in failures.items():
