@@ -62,7 +62,8 @@ demo: setup demo-data
 		--epochs $(DEMO_EPOCHS) --sampler instance --decoder dali --workers 1 --log-every 10 \
 		$$(test -f $(DEMO_RUN)/checkpoints/latest && echo --resume)
 	$(BIN)/lt_dist extract --ckpt $(DEMO_RUN) --data $(DEMO_SHARDS) --out $(DEMO_FEATURES) --workers 1
-	$(BIN)/python tune/search_stage2.py --features $(DEMO_FEATURES) --out $(DEMO_RESULTS) --num-cpus 2 --methods all
+	$(BIN)/python tune/search_stage2.py --features $(DEMO_FEATURES) --out $(DEMO_RESULTS) --num-cpus 2 --methods all \
+		$$(test -f $(DEMO_RESULTS)/search_plan.json && echo --resume)
 	$(BIN)/lt_dist report $(DEMO_RESULTS)
 	@# the README shows these two: written by every demo run, so they cannot drift from the code
 	cp $(DEMO_RESULTS)/table.png $(DEMO_RESULTS)/tau_curve.png docs/figures/

@@ -242,3 +242,21 @@ def test_keep_best_chooses_the_epoch_on_val_in_the_trial_and_in_the_refit_for_te
     with pytest.raises(ValueError, match="keep_best needs val features"):
         evaluate_chosen(str(features), "crt", params, 0)
     assert chosen["scores"]["test_all"] >= 0
+
+
+def test_resume_with_other_methods_is_refused_before_ray_starts(tmp_path):
+    # Ray restores the grid a search began with: --methods all on a default search would drop
+    # the later methods without a word, so the plan is pinned and a different one refused
+    script = search_script()
+    features = write_features(tmp_path / "features")
+    out = tmp_path / "r"
+    args = script.get_args_parser().parse_args(["--features", str(features), "--out", str(out), "--methods", "joint"])
+    trials, _ = script.prepare(args)
+    out.mkdir()
+    script.pin_plan(str(out), trials, 0, "val", resume=False)
+    script.pin_plan(str(out), trials, 0, "val", resume=True)  # the same plan continues
+    result = search("--features", features, "--out", out, "--methods", "joint,ncm", "--resume", timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert ("--resume continues the search as it began (1 trial of joint, seed 0, on val); this command asks for "
+            "3 trials of joint, ncm, seed 0, on val") in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -195,6 +195,34 @@ def check_results_folder(out: str, resume: bool) -> None:
 SOURCE = "features_source.json"
 
 
+PLAN = "search_plan.json"
+
+
+def pin_plan(out: str, trials: list[dict], seed: int, select_on: str, resume: bool) -> None:
+    """Record the trials a search begins with; a --resume that asks for others is refused
+    (Ray restores the grid it began with, so other methods or grids would be dropped silently)."""
+    plan = {"trials": [{"method": t["method"], "params": t["params"]} for t in trials], "seed": seed,
+            "select_on": select_on}
+    path = os.path.join(out, PLAN)
+    if resume and os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                pinned = json.load(handle)
+            pinned["trials"], pinned["seed"], pinned["select_on"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserInputError(f"{path!r} is unreadable: cannot tell which trials the search began with") from None
+        if json.loads(json.dumps(plan)) != pinned:
+            def summary(p: dict) -> str:
+                methods = sorted({t["method"] for t in p["trials"]})
+                count = len(p["trials"])
+                return f"{count} trial{'s' * (count != 1)} of {', '.join(methods)}, seed {p['seed']}, on {p['select_on']}"
+            raise UserInputError(f"--resume continues the search as it began ({summary(pinned)}); this command "
+                                 f"asks for {summary(plan)}: repeat its flags, or choose another --out")
+        return
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(plan, handle, indent=1)
+
+
 def pin_features(out: str, features: str, resume: bool) -> None:
     """Record which features a search runs on; a --resume on other features is refused.
 
@@ -363,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         trials, out = prepare(args)
         os.makedirs(out, exist_ok=True)
         pin_features(out, args.features, args.resume)
+        pin_plan(out, trials, args.seed, args.select_on, args.resume)
         try:
             results = run_search(args, trials, out)
         except KeyboardInterrupt:  # Ray was shut down on the way out of run_search
