@@ -19,6 +19,19 @@ DATA_DIR = os.path.join(BENCH_DIR, "data")
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 
 
+def busy_jiffies() -> int:
+    """Clock ticks the whole machine has spent busy since boot (every core, every process)."""
+    with open("/proc/stat", encoding="ascii") as handle:
+        fields = [int(v) for v in handle.readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4]  # minus idle and iowait
+
+
+def own_cpu() -> float:
+    """CPU seconds of this process (all its threads) and its finished children."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def machine_info() -> dict:
     """CPU count and model, Python version, platform: what a reader needs to compare runs."""
     model = "unknown"

@@ -34,26 +34,13 @@ import numpy as np
 import torch
 
 try:
-    from bench.common import image_files, markdown_table, photo_folder, write_results
+    from bench.common import busy_jiffies, image_files, markdown_table, own_cpu, photo_folder, write_results
 except ImportError:  # run as a script: python bench/loader.py
-    from common import image_files, markdown_table, photo_folder, write_results
+    from common import busy_jiffies, image_files, markdown_table, own_cpu, photo_folder, write_results
 
 COLUMNS = ["group", "what", "workers", "images/s", "images/s (all)", "epoch restart ms", "CPU ms/img",
            "other load", "x of floor", "x of ImageFolder"]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def busy_jiffies() -> int:
-    """CPU time (clock ticks) the whole machine has spent busy since boot."""
-    with open("/proc/stat", encoding="ascii") as handle:
-        fields = [int(v) for v in handle.readline().split()[1:]]
-    return sum(fields) - fields[3] - fields[4]  # minus idle and iowait
-
-
-def own_cpu() -> float:
-    """CPU seconds of this process and its finished children."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
 
 
 def measure(epochs: Callable[[], Iterable[Iterable]], warmup: int) -> dict:

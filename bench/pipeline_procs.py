@@ -15,24 +15,16 @@ import sys
 import time
 from typing import Callable
 
+try:
+    from bench.common import busy_jiffies, own_cpu
+except ImportError:  # run as a script: python bench/pipeline.py
+    from common import busy_jiffies, own_cpu
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 
 
 # ---------------------------------------------------------------- machine load
-
-def busy_jiffies() -> int:
-    """Clock ticks the whole machine has spent busy since boot (bench/loader.py's measure)."""
-    with open("/proc/stat", encoding="ascii") as handle:
-        fields = [int(v) for v in handle.readline().split()[1:]]
-    return sum(fields) - fields[3] - fields[4]  # minus idle and iowait
-
-
-def own_cpu() -> float:
-    """CPU seconds of this process (all its threads) and its finished children."""
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
 
 def process_table() -> tuple[dict[int, list[int]], dict[int, float]]:
     """(parent pid -> child pids, pid -> CPU seconds) of every live process, from /proc."""
