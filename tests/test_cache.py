@@ -124,3 +124,27 @@ def test_limit_evicts_least_recently_used_and_skips_pinned(server, tmp_path):
     cache.unpin(token)
     cache.get(c)  # a is free now: evicted for c
     assert not cache.contains(a) and cache.contains(c) and cache.usage() == 7000
+
+
+def test_a_reservation_that_ends_while_the_cache_is_scanned_counts_nothing(tmp_path, monkeypatch):
+    # A download that finishes removes its reservation outside the cache lock, so another
+    # process's scan can list the file and find it gone by its stat (seen in CI as a
+    # FileNotFoundError out of a loader worker). Here the listing itself lets it vanish.
+    cache = cache_at(tmp_path, limit=10_000)
+    folder = Path(cache.root) / "http-x"
+    folder.mkdir()
+    (folder / "a.tar").write_bytes(b"x" * 100)
+    reserve = folder / f".b.tar.reserve-{os.getpid()}-1"
+    with open(reserve, "wb") as handle:
+        handle.truncate(500)
+    assert cache.usage() == 600  # a live process's reservation counts
+    real_scandir = os.scandir
+
+    def listing_then_download_ends(path):
+        entries = list(real_scandir(path))
+        if reserve.exists() and any(e.name == reserve.name for e in entries):
+            reserve.unlink()
+        return iter(entries)
+
+    monkeypatch.setattr("lt_dist.storage.cache.os.scandir", listing_then_download_ends)
+    assert cache.usage() == 100

@@ -150,7 +150,7 @@ class _BestEpoch:
         self.params = [p for group in param_groups for p in group["params"]]
         self.logits_fn, self.device = logits_fn, device
         self.features = torch.from_numpy(np.array(holdout.features))  # a copy: stored features are read-only maps
-        self.labels = torch.from_numpy(holdout.labels)
+        self.labels = torch.from_numpy(np.array(holdout.labels))
         self.accuracy, self.saved = -1.0, None
 
     def score_epoch(self) -> None:

@@ -167,17 +167,22 @@ class NodeCache:
             if not folder.is_dir():
                 continue
             for entry in os.scandir(folder.path):
+                # A download that ends removes its reservation outside the lock (its bytes are the
+                # object's now): a file listed here may be gone by its stat, and then counts nothing.
                 name = entry.name
-                if not name.startswith("."):
-                    stat = entry.stat()
-                    objects.append((stat.st_mtime, stat.st_size, entry.path))
-                    used += stat.st_size
-                elif ".reserve-" in name or ".part-" in name:
-                    pid = int(name.rsplit("-", 2)[-2])
-                    if not _pid_alive(pid):
-                        _quiet_remove(entry.path)
-                    elif ".reserve-" in name:
-                        used += entry.stat().st_size
+                try:
+                    if not name.startswith("."):
+                        stat = entry.stat()
+                        objects.append((stat.st_mtime, stat.st_size, entry.path))
+                        used += stat.st_size
+                    elif ".reserve-" in name or ".part-" in name:
+                        pid = int(name.rsplit("-", 2)[-2])
+                        if not _pid_alive(pid):
+                            _quiet_remove(entry.path)
+                        elif ".reserve-" in name:
+                            used += entry.stat().st_size
+                except FileNotFoundError:
+                    continue
         return objects, used
 
     def usage(self) -> int:
