@@ -50,8 +50,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
     parser.add_argument("--work-dir", default=os.path.join(fashion_lt.DATA_DIR, "fashion_lt"),
                         help="run folders, shared with bench/fashion_lt.py")
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS),
+                        help="comma-separated rows to run, of %(default)s; a row left out is still shown for the seeds "
+                        "an earlier run finished it for (its cells then say n=)")
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.protocols = args.protocols.split(",")
+    unknown = sorted(set(args.protocols) - set(PROTOCOLS))
+    if unknown:
+        parser.error(f"unknown --protocols {unknown}; choose from {list(PROTOCOLS)}")
     return args
 
 
@@ -102,6 +109,15 @@ def cached(folder: str, key: str, extract_args: list[str], seed: int) -> dict:
     return {m: fashion_lt.read_table(table_csv)[m] for m in METHODS}
 
 
+def finished(folder: str, key: str) -> bool:
+    """Whether one protocol row of a seed has its results (both methods through the backbone)."""
+    extra = PROTOCOLS[key][1]
+    if key.startswith("backbone"):
+        return all(os.path.exists(os.path.join(folder, f"stage2-{m}-{'-'.join(a.strip('-') for a in extra)}",
+                                               "test_metrics.json")) for m in METHODS)
+    return extra is None or os.path.exists(os.path.join(folder, f"results-{key}", "table.csv"))
+
+
 def run_seed(args: argparse.Namespace, seed: int) -> dict:
     """{protocol: {method: {group: test %}}} for one seed."""
     folder = os.path.join(args.work_dir, f"e{args.epochs}", f"instance-s{seed}")
@@ -113,6 +129,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
     plain = fashion_lt.read_table(table_csv)
     rows = {"features": {m: plain[m] for m in METHODS}}
     for key, (_, extra) in PROTOCOLS.items():
+        if key not in args.protocols and not finished(folder, key):
+            continue  # not asked for: shown only when an earlier run finished it
         if key.startswith("backbone"):
             rows[key] = {m: through_backbone(folder, m, extra, seed) for m in METHODS}
         elif extra is not None:
@@ -128,7 +146,8 @@ def table(runs: dict, method: str) -> str:
         values = [r[key][method][group] for r in runs.values() if key in r]
         if not values:
             return "-"
-        return f"{np.mean(values):.1f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.1f}"
+        text = f"{np.mean(values):.1f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.1f}"
+        return text + (f" (n={len(values)})" if len(values) < len(runs) else "")
 
     rows = [[label, *(cell(key, g) for g in GROUPS)] for key, (label, _) in PROTOCOLS.items()]
     return markdown_table(["protocol", *(g.title() for g in GROUPS)], rows)
