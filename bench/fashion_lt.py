@@ -78,7 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--balanced", action="store_true",
                         help="also train the balanced-data ceilings (i) and (ii) per seed (stage 1 only; "
                         "(ii) trains on 4x the images)")
+    parser.add_argument("--ceilings", default=",".join(BALANCED),
+                        help="with --balanced: which ceilings, comma-separated (default: %(default)s)")
     args = parser.parse_args(argv)
+    args.ceilings = args.ceilings.split(",")
+    if set(args.ceilings) - set(BALANCED):
+        parser.error(f"unknown --ceilings {sorted(set(args.ceilings) - set(BALANCED))}; choose from {list(BALANCED)}")
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.configs = args.configs.split(",")
     unknown = set(args.configs) - set(CONFIGS)
@@ -120,7 +125,8 @@ def ensure_shards(out: str = SHARDS, imbalance: int = 100, max_per_class: int = 
 def run_ceilings(args: argparse.Namespace) -> dict[str, dict[int, float]]:
     """Stage 1 on each balanced subset per seed (the demo's command); {name: {seed: test All %}}."""
     ceilings: dict = {}
-    for name, (_, per_class) in BALANCED.items():
+    for name in args.ceilings:
+        per_class = BALANCED[name][1]
         data = ensure_shards(f"{SHARDS}_balanced{per_class}", imbalance=1, max_per_class=per_class)
         for seed in args.seeds:
             folder = os.path.join(args.work_dir, f"e{args.epochs}", f"{name}-s{seed}")

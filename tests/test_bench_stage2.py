@@ -53,3 +53,15 @@ def test_the_options_table_has_one_row_per_variant_in_set_syntax():
     lines = options.table(runs).splitlines()
     assert lines[2] == "| lr_schedule=step, keep_best=false | 80.0 ± 0.0 | 70.0 ± 0.0 | 80.0 ± 0.0 | 70.0 ± 0.0 |"
     assert lines[5].startswith("| lr_schedule=epoch, keep_best=true | 83.0")
+
+
+def test_another_representation_shows_joint_crt_and_its_best_method_against_the_instance_joint():
+    from lt_dist.report.tables import ORDER
+
+    instance = {0: {m: scores(70.0 if m == "joint" else 80.0) for m in ORDER}}
+    mixup = {0: {m: scores({"joint": 74.0, "crt": 82.0, "wb": 86.0}.get(m, 81.0)) for m in ORDER}}
+    lines = methods.table({"instance": instance, "mixup": mixup}, {0: 90.0}).splitlines()
+    mixup_rows = [line for line in lines if line.startswith("| mixup:")]
+    assert [row.split(" | ")[0] for row in mixup_rows] == ["| mixup: Joint", "| mixup: cRT", "| mixup: best, WB"]
+    # the gap runs from the instance-balanced Joint (70) to the ceiling (90): (86 - 70) / 20
+    assert mixup_rows[2].endswith("| 86.0 ± 0.0 | 80% |") and mixup_rows[0].endswith("| 20% |")
