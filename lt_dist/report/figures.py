@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from lt_dist.metrics import FEW_BELOW, MANY_ABOVE
+from lt_dist.report.tables import one_decimal
 
 
 def plot_class_counts(counts_by_name: dict[str, np.ndarray], path: str, title: str = "") -> None:
@@ -108,7 +109,7 @@ def plot_accuracy_vs_size(per_class: dict[str, tuple[np.ndarray, np.ndarray]], p
 def plot_table(rows: list[dict], display: dict[str, str], path: str, title: str) -> None:
     """The Many/Medium/Few/All table as an image (for READMEs and slides)."""
     plt = _pyplot()
-    cells = [[display.get(r["method"], r["method"]), *(f"{r[k]:.1f}" for k in ("many", "medium", "few", "all"))]
+    cells = [[display.get(r["method"], r["method"]), *(one_decimal(r[k]) for k in ("many", "medium", "few", "all"))]
              for r in rows]
     figure, axes = plt.subplots(figsize=(5.2, 0.28 * (len(rows) + 2)), dpi=140)
     axes.axis("off")
