@@ -122,9 +122,12 @@ bench-remote: EXTRAS = all
 bench-remote: setup demo-data nginx
 	$(BIN)/python bench/remote.py
 
-# About an hour on 2 cores: the demo pipeline over 3 seeds and 4 stage-1 samplers/losses.
+# The demo pipeline (its 20 epochs) over 3 seeds and 5 stage-1 samplers/losses, then every
+# stage-2 method with the balanced ceiling (i): about 1.7 hours on 2 cores at 200 images/s.
 bench-fashion-lt: setup demo-data
-	$(BIN)/python bench/fashion_lt.py --epochs 12
+	$(BIN)/python bench/fashion_lt.py --configs instance,class,sqrt,logit_adjusted,mixup \
+		--balanced --ceilings balanced_equal
+	$(BIN)/python bench/stage2_methods.py --representations instance,mixup
 
 # Where stage 1's time goes (issue 13): the plain and DeepSpeed steps, the real loop one part at a
 # time, the demo's stage 1 read from its log.jsonl, and extract against the forward pass, on the
