@@ -147,6 +147,25 @@ def test_rerun_of_a_finished_pack_repairs_missing_and_damaged_shards(packed, cap
     assert run_cli(["verify", out, "--decode"], capsys)[0] == 0
 
 
+def test_repair_never_deletes_a_file_a_shard_table_names_outside_the_split(packed, capsys):
+    """A shards.parquet edited to name "../../outside.tar" (wrong size): the repair run must
+    not delete that file, only lt-dist's own shard names inside the split."""
+    import pyarrow.parquet as pq
+
+    images, out = packed
+    train = out / "train"
+    outside = out.parent.parent / "outside.tar"
+    outside.write_bytes(b"user data")
+    table = pq.read_table(train / "shards.parquet")
+    paths = table.column("path").to_pylist()
+    paths[0] = "../../../outside.tar"
+    table = table.set_column(table.schema.get_field_index("path"), "path", [paths])
+    pq.write_table(table, train / "shards.parquet")
+    status, _, err = pack([images, "--out", out, "--shard-count", 3], capsys)
+    assert status == 0, err
+    assert outside.read_bytes() == b"user data"
+
+
 def test_unfinished_pack_with_a_cut_shard_writes_it_again(packed, capsys):
     """A finished shard cut short after the fact (a torn copy, a full disk) is not reused."""
     images, out = packed

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from lt_dist import __version__
 from lt_dist.errors import UserInputError
-from lt_dist.shards.format import FORMAT_NAME, FORMAT_VERSION, file_sha256
+from lt_dist.shards.format import FORMAT_NAME, FORMAT_VERSION, file_sha256, parse_shard_name
 from lt_dist.shards.images import CHECKS
 from lt_dist.shards.manifest import (IDS_LIST, MANIFEST, PLAN_FILE, SHARD_TABLE, class_difference, is_split_dir,
                                      read_info, write_split_index)
@@ -150,7 +150,9 @@ def _prepare_output(split_dir: str, stamp: str, overwrite: bool) -> bool:
                  f"(first: {damaged[0]}); packing them again" if damaged else
                  f"{split_dir}: its index files are damaged; writing them again")
             os.remove(os.path.join(split_dir, MANIFEST))  # first: the folder is unfinished from here on
-            for name in damaged:
+            # Only names lt-dist writes (plain basenames): a shard table edited to hold "../x" must
+            # not make the repair delete a file outside the split folder.
+            for name in (n for n in damaged if n == SHARD_TABLE or parse_shard_name(n) is not None):
                 if os.path.exists(path := os.path.join(split_dir, name)):
                     os.remove(path)
     for name in os.listdir(split_dir):  # temp files of a killed run
